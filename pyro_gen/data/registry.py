@@ -1,0 +1,141 @@
+"""Loading datasets by name: :func:`load_dataset` and friends."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyro_gen.data import binarized_mnist, digits, frey, mnist, toy
+from pyro_gen.data.container import ArrayData, apply_binarization
+from pyro_gen.data.paths import DataLocation
+from pyro_gen.errors import DataError
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How to load one dataset.
+
+    :param load: ``load(split, location, download, n, seed) -> ArrayData``.
+    :param binarize: values of ``load_dataset(binarize=...)`` this dataset accepts.
+    :param generated: the data is generated, ``n`` is its size (no subset).
+    :param needs_files: the data lives in the data directory.
+    """
+
+    load: Callable[..., ArrayData]
+    binarize: tuple[str | None, ...]
+    splits: tuple[str, ...] = ("train", "valid", "test")
+    generated: bool = False
+    needs_files: bool = True
+
+
+_GRAYSCALE = (None, "threshold", "dynamic")
+
+
+def _mnist_loader(name: str) -> Callable[..., ArrayData]:
+    return lambda split, loc, dl, n, seed: mnist.load(name, split, loc, dl)
+
+
+def _toy_loader(name: str) -> Callable[..., ArrayData]:
+    return lambda split, loc, dl, n, seed: toy.load(name, split, n, seed)
+
+
+_REGISTRY: dict[str, _Spec] = {
+    "binarized_mnist": _Spec(
+        lambda split, loc, dl, n, seed: binarized_mnist.load(split, loc, dl),
+        # Already binary: "static" is accepted as a synonym of the default.
+        binarize=(None, "static"),
+    ),
+    "mnist": _Spec(_mnist_loader("mnist"), _GRAYSCALE),
+    "fashion_mnist": _Spec(_mnist_loader("fashion_mnist"), _GRAYSCALE),
+    "frey_faces": _Spec(lambda split, loc, dl, n, seed: frey.load(split, loc, dl), _GRAYSCALE),
+    "digits": _Spec(lambda split, loc, dl, n, seed: digits.load(split), _GRAYSCALE, needs_files=False),
+    "ring8": _Spec(_toy_loader("ring8"), (None,), generated=True, needs_files=False),
+    "grid25": _Spec(_toy_loader("grid25"), (None,), generated=True, needs_files=False),
+}
+
+
+def dataset_names() -> list[str]:
+    """Names accepted by :func:`load_dataset`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _spec(name: str) -> _Spec:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise DataError(f"Unknown dataset {name!r}. Known datasets: {', '.join(dataset_names())}.")
+    return _REGISTRY[name]
+
+
+def dataset_splits(name: str) -> tuple[str, ...]:
+    """Splits of dataset ``name``, e.g. ``("train", "valid", "test")``."""
+    return _spec(name).splits
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    binarize: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+) -> ArrayData:
+    """Load a split of a dataset into memory.
+
+    Datasets (see :func:`dataset_names`): ``binarized_mnist`` (static, test
+    labels only), ``mnist`` and ``fashion_mnist`` (grayscale, 50000/10000/10000),
+    ``frey_faces`` (1565/200/200, no labels), ``digits`` (scikit-learn 8x8,
+    1397/200/200), and the generated 2-D toys ``ring8`` and ``grid25``.
+
+    :param name: dataset name.
+    :param split: ``"train"``, ``"valid"`` or ``"test"``.
+    :param data_dir: data directory; default ``$PYRO_GEN_DATA``, else
+        ``~/.pyro_gen/data`` (see :func:`~pyro_gen.data.resolve_data_dir`).
+    :param download: fetch missing files from their original source (checksums
+        verified). Existing files are never re-downloaded or overwritten.
+    :param binarize: for grayscale images: ``None`` (keep grayscale),
+        ``"threshold"`` (``x > 0.5``) or ``"dynamic"`` (fresh Bernoulli draw on
+        every access, see :class:`~pyro_gen.data.ArrayData`). ``binarized_mnist``
+        is already binary and accepts only ``None``/``"static"``; toys accept ``None``.
+    :param n: for file datasets, take a seeded random subset of ``n`` items
+        (:meth:`ArrayData.subset`); for generated toys, the number of points to
+        generate. ``None``: the whole split (toys: 100000 train, 10000 valid/test).
+    :param seed: seed of the subset, or of the generated toy points.
+    :raises DataError: unknown name, split or binarize value, or bad ``n``/``seed``.
+    :raises DataNotFoundError: the files are not in the data directory.
+    :raises ChecksumError: a file does not match its published checksum.
+    """
+    spec = _spec(name)
+    if split not in spec.splits:
+        raise DataError(
+            f"Unknown split {split!r} for dataset {name!r}. Valid splits: {', '.join(spec.splits)}."
+        )
+    if binarize not in spec.binarize:
+        raise DataError(
+            f"binarize={binarize!r} is not available for {name!r}; choose one of "
+            f"{', '.join(map(repr, spec.binarize))}."
+        )
+    location = DataLocation.resolve(data_dir)
+    data = spec.load(split, location, download, n, seed)
+    if n is not None and not spec.generated:
+        data = data.subset(n, seed)
+    if binarize != "static":
+        data = apply_binarization(data, binarize)
+    return data
+
+
+def download_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Make sure every split of ``name`` is present and verified, downloading if needed.
+
+    Meant for ``pyro-gen download NAME``. Datasets without files (``digits``,
+    the toys) need nothing and return at once.
+
+    :returns: the data directory.
+    """
+    spec = _spec(name)
+    location = DataLocation.resolve(data_dir)
+    if spec.needs_files:
+        for split in spec.splits:
+            spec.load(split, location, True, None, 0)
+    return location.root

@@ -1,0 +1,73 @@
+"""2-D Gaussian-mixture toys for mode-coverage studies (GANs, VAEs, flows).
+
+* ``ring8``: 8 Gaussians evenly spaced on a circle of radius 2, std 0.02.
+* ``grid25``: 25 Gaussians at ``{-4, -2, 0, 2, 4}^2``, std 0.05.
+
+Each sample picks a mode uniformly at random; its label is the mode index
+(the row of :func:`toy_modes`'s centers). Data is generated, not stored: the
+same ``(name, split, n, seed)`` always gives the same points, and the splits use
+different random streams derived from ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from pyro_gen.data.container import ArrayData, check_seed
+from pyro_gen.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+DEFAULT_SIZES = {"train": 100000, "valid": 10000, "test": 10000}
+
+_RING_ANGLES = [2 * math.pi * k / 8 for k in range(8)]
+_GRID = (-4.0, -2.0, 0.0, 2.0, 4.0)
+_MODES: dict[str, tuple[list[tuple[float, float]], float]] = {
+    "ring8": ([(2 * math.cos(a), 2 * math.sin(a)) for a in _RING_ANGLES], 0.02),
+    "grid25": ([(gx, gy) for gx in _GRID for gy in _GRID], 0.05),
+}
+NAMES = tuple(_MODES)
+
+# Integers mixed into the seed so that each (dataset, split) has its own stream.
+_SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+_NAME_CODES = {"ring8": 0, "grid25": 1}
+
+
+def toy_modes(name: str) -> tuple[torch.Tensor, float]:
+    """Mode centers and per-coordinate standard deviation of a toy dataset.
+
+    :param name: ``"ring8"`` or ``"grid25"``.
+    :returns: ``(centers, std)``: float32 tensor ``(M, 2)`` and the std of every mode.
+    :raises DataError: unknown name.
+    """
+    if name not in _MODES:
+        raise DataError(f"Unknown toy dataset {name!r}; known toys: {', '.join(NAMES)}.")
+    centers, std = _MODES[name]
+    return torch.tensor(centers, dtype=torch.float32), std
+
+
+def load(name: str, split: str, n: int | None = None, seed: int = 0) -> ArrayData:
+    """Generate ``n`` points of one split of a toy dataset.
+
+    :param n: number of points; default 100000 for train, 10000 for valid/test.
+    :param seed: non-negative integer; the split's stream is
+        ``numpy.random.default_rng([seed, split_code, name_code])``.
+    """
+    centers, std = toy_modes(name)
+    seed = check_seed(seed)
+    n = DEFAULT_SIZES[split] if n is None else n
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise DataError(f"The number of points n must be a positive integer, got {n!r}.")
+    rng = np.random.default_rng([seed, _SPLIT_CODES[split], _NAME_CODES[name]])
+    labels = rng.integers(len(centers), size=n)
+    points = centers.numpy().astype(np.float64)[labels] + std * rng.standard_normal((n, 2))
+    return ArrayData(
+        torch.from_numpy(points).to(torch.float32),
+        torch.from_numpy(labels).long(),
+        name=name,
+        split=split,
+        source="generated",
+        seed=seed,
+    )

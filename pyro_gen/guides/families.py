@@ -1,0 +1,141 @@
+"""Amortized variational families: modules mapping encoder features h(x) to q(z | x).
+
+Read the zuko way, a family is a module whose ``forward(h)`` returns a distribution.
+Every family starts from a diagonal Normal whose location and scale are linear
+functions of ``h``; flow families push it through ``K`` transforms whose parameters
+are *also* functions of ``h`` (fully amortized flows, as in Rezende & Mohamed 2015
+and Kingma et al. 2016):
+
+* ``planar``: :math:`f(z) = z + \\hat u \\tanh(w^T z + b)`, with ``(u, w, b)`` a linear
+  function of ``h`` (Pyro's :class:`~pyro.distributions.transforms.ConditionalPlanar`).
+* ``radial``: :math:`f(z) = z + \\beta (z - z_0) / (\\alpha + |z - z_0|)`, ``(z_0, \\alpha, \\beta)`` linear in ``h``.
+* ``coupling``: affine coupling layers (Real NVP, Dinh et al. 2017) whose scale and
+  shift networks read the untouched half of ``z`` and ``h``, with a permutation
+  (reversal) between layers so every coordinate is transformed.
+* ``iaf``: inverse autoregressive flow (Kingma et al. 2016): MADE networks read ``z``
+  and ``h``; layers alternate the variable order.
+
+Planar and radial transforms have no closed-form inverse; that is fine in a guide,
+which only scores its own samples (Pyro caches the forward pass).
+
+References:
+  Rezende & Mohamed, Variational Inference with Normalizing Flows, ICML 2015.
+  Dinh, Sohl-Dickstein & Bengio, Density estimation using Real NVP, ICLR 2017.
+  Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow, NeurIPS 2016.
+"""
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import transforms as T
+from pyro.nn import ConditionalAutoRegressiveNN, ConditionalDenseNN
+from torch import nn
+from torch.nn import functional as F
+
+_MIN_SCALE = 1e-5
+
+
+class LinearHypernet(nn.Module):
+    """Maps context ``h`` to a tuple of parameter tensors of sizes ``param_dims`` (one linear layer)."""
+
+    def __init__(self, context_dim: int, param_dims: list[int]):
+        super().__init__()
+        self.param_dims = list(param_dims)
+        self.linear = nn.Linear(context_dim, sum(param_dims))
+        # start every flow near the identity: small parameters
+        nn.init.normal_(self.linear.weight, std=1e-3)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, h: torch.Tensor):
+        return tuple(self.linear(h).split(self.param_dims, dim=-1))
+
+
+class DiagonalNormal(nn.Module):
+    """q(z | x) = Normal(loc(h), scale(h)) with independent coordinates."""
+
+    def __init__(self, context_dim: int, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.linear = nn.Linear(context_dim, 2 * dim)
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        loc, raw = self.linear(h).chunk(2, dim=-1)
+        return dist.Normal(loc, F.softplus(raw) + _MIN_SCALE, validate_args=False).to_event(1)
+
+
+class Flow(nn.Module):
+    """A diagonal Normal pushed through amortized transforms: ``forward(h)`` returns q(z | x).
+
+    :param context_dim: size of the encoder features ``h``.
+    :param dim: size of the latent vector.
+    :param transforms: ``ConditionalTransformModule`` s (conditioned on ``h``) and plain
+        transforms (permutations), applied in order.
+    """
+
+    def __init__(self, context_dim: int, dim: int, transforms: list):
+        super().__init__()
+        self.dim = dim
+        self.base = DiagonalNormal(context_dim, dim)
+        self.transforms = nn.ModuleList([t for t in transforms if isinstance(t, nn.Module)])
+        self._all = transforms
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        conditioned = [t.condition(h) if hasattr(t, "condition") else t for t in self._all]
+        return dist.TransformedDistribution(self.base(h), conditioned)
+
+
+def _reverse(dim: int) -> T.Permute:
+    return T.Permute(torch.arange(dim - 1, -1, -1))
+
+
+def planar_flow(context_dim: int, dim: int, num_layers: int) -> Flow:
+    """K planar transforms with parameters linear in ``h`` (Rezende & Mohamed 2015)."""
+    return Flow(context_dim, dim, [T.ConditionalPlanar(LinearHypernet(context_dim, [1, dim, dim])) for _ in range(num_layers)])
+
+
+def radial_flow(context_dim: int, dim: int, num_layers: int) -> Flow:
+    """K radial transforms with parameters linear in ``h`` (Rezende & Mohamed 2015)."""
+    return Flow(context_dim, dim, [T.ConditionalRadial(LinearHypernet(context_dim, [dim, 1, 1])) for _ in range(num_layers)])
+
+
+def coupling_flow(context_dim: int, dim: int, num_layers: int, hidden: int | None = None) -> Flow:
+    """K affine coupling layers (Real NVP) conditioned on ``h``, reversing the order between layers."""
+    if dim < 2:
+        raise ValueError("affine coupling needs a latent of at least 2 dimensions")
+    hidden = hidden or max(4 * dim, 64)
+    split = dim // 2
+    transforms: list = []
+    for i in range(num_layers):
+        net = ConditionalDenseNN(split, context_dim, [hidden], param_dims=[dim - split, dim - split])
+        transforms.append(T.ConditionalAffineCoupling(split, net))
+        if i < num_layers - 1:
+            transforms.append(_reverse(dim))
+    return Flow(context_dim, dim, transforms)
+
+
+def iaf_flow(context_dim: int, dim: int, num_layers: int, hidden: int | None = None) -> Flow:
+    """K inverse autoregressive flow layers conditioned on ``h``, reversing the order between layers."""
+    hidden = hidden or max(4 * dim, 64)
+    transforms: list = []
+    for i in range(num_layers):
+        arn = ConditionalAutoRegressiveNN(dim, context_dim, [hidden])
+        # stable variant of Kingma et al. 2016: sigmoid-gated update, starts near the identity
+        transforms.append(T.ConditionalAffineAutoregressive(arn, stable=True))
+        if i < num_layers - 1:
+            transforms.append(_reverse(dim))
+    return Flow(context_dim, dim, transforms)
+
+
+FAMILIES = {
+    "normal": None,  # no layers
+    "planar": planar_flow,
+    "radial": radial_flow,
+    "coupling": coupling_flow,
+    "iaf": iaf_flow,
+}
+
+
+def make_family(kind: str, context_dim: int, dim: int, num_layers: int = 0) -> nn.Module:
+    """Build a family by kind and number of flow layers (``normal`` takes none)."""
+    if kind == "normal":
+        return DiagonalNormal(context_dim, dim)
+    return FAMILIES[kind](context_dim, dim, num_layers)

@@ -1,0 +1,18 @@
+"""Objectives over traces and the one trainer."""
+
+from pyro_gen.infer.objectives import ELBO, IWAE, PyroELBO, TraceObjective, as_objective, make_objective, objective_names
+from pyro_gen.infer.traces import TraceTerms, check_sites, get_traces, trace_terms
+
+__all__ = [
+    "ELBO",
+    "IWAE",
+    "PyroELBO",
+    "TraceObjective",
+    "TraceTerms",
+    "as_objective",
+    "check_sites",
+    "get_traces",
+    "make_objective",
+    "objective_names",
+    "trace_terms",
+]

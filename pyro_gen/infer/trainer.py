@@ -1,0 +1,345 @@
+"""The one trainer: fits any (model, guide, objective) on batches of data.
+
+It knows no dataset names and no model families. Each epoch it shuffles with a
+generator derived from ``(seed, epoch)``, steps a torch optimizer over the model's and
+guide's parameters, scores the validation batches, appends a JSON line to
+``metrics.jsonl`` and atomically writes ``last.pt`` (and ``best.pt`` when validation
+improves). ``fit(..., resume=True)`` continues from ``last.pt`` exactly: parameters,
+optimizer moments, epoch counter, early-stopping state and every random number
+generator are restored, so a resumed run reproduces an uninterrupted one bit for bit.
+
+Checkpoints hold tensors and plain Python values only and are read with
+``torch.load(..., weights_only=True)``: a run directory from someone else cannot run code.
+"""
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+from pyro_gen.errors import ConfigError, TrainingDivergedError
+from pyro_gen.infer.objectives import as_objective, make_objective
+from pyro_gen.infer.traces import check_sites, get_traces
+
+CHECKPOINT_FORMAT = "pyro_gen-checkpoint-1"
+
+
+class TensorBatches:
+    """Minibatches of a tensor, reshuffled each epoch from ``(seed, epoch)``.
+
+    :param x: data tensor ``(N, ...)``.
+    :param transform: optional ``transform(batch, generator) -> batch`` applied per batch,
+        e.g. dynamic binarization ``lambda b, g: torch.bernoulli(b, generator=g)``.
+    """
+
+    def __init__(self, x: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, transform=None, drop_last: bool = False):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.x, self.batch_size, self.shuffle, self.seed, self.transform, self.drop_last = x, batch_size, shuffle, seed, transform, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def num_datapoints(self) -> int:
+        return len(self.x)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.x)
+        order = torch.randperm(n, generator=g) if self.shuffle else None
+        for i in range(len(self)):
+            idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            batch = self.x[order[idx]] if order is not None else self.x[idx]
+            yield self.transform(batch, g) if self.transform is not None else batch
+
+
+def _as_batches(data, batch_size: int, shuffle: bool, seed: int):
+    """Accept a tensor, a dataset object with ``.x`` (and optional ``batch_transform``), or any iterable of batches."""
+    if data is None or isinstance(data, TensorBatches):
+        return data
+    if torch.is_tensor(data):
+        return TensorBatches(data, batch_size, shuffle, seed)
+    if hasattr(data, "x") and torch.is_tensor(data.x):
+        return TensorBatches(data.x, batch_size, shuffle, seed, transform=getattr(data, "batch_transform", None))
+    if isinstance(data, Iterable):
+        return data
+    raise ConfigError(f"cannot make batches of {type(data).__name__}; give a tensor, a pyro_gen dataset or an iterable of batches")
+
+
+def _num_datapoints(batches) -> int | None:
+    n = getattr(batches, "num_datapoints", None)
+    if n is None:
+        dataset = getattr(batches, "dataset", None)
+        n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+    return n
+
+
+def _first(batch):
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def rng_state() -> dict:
+    """Every random number generator's state, as tensors and plain values (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(lambda v: v.item() if hasattr(v, "item") else v, np_state[2:])),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load a pyro_gen checkpoint safely (``weights_only=True``) and check its format."""
+    from pyro_gen.errors import RunDirError
+
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise RunDirError(f"no checkpoint at {path}; is this a pyro_gen run directory that finished an epoch?") from None
+    except Exception as e:  # pickle errors, truncated files, foreign objects
+        raise RunDirError(f"{path} is not a readable pyro_gen checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise RunDirError(f"{path} is not a pyro_gen checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    return ckpt
+
+
+def initialize(model, guide, x: torch.Tensor) -> None:
+    """Run model and guide once on a small batch: create lazy parameters (autoguides) and check the sites match."""
+    with torch.no_grad():
+        model_trace, guide_trace = get_traces(model, guide, x[:2])
+    check_sites(model_trace, guide_trace)
+
+
+class Trainer:
+    """Fit a model and guide with an objective by stochastic gradient steps.
+
+    :param model: a Pyro program (e.g. a :class:`~pyro_gen.models.LatentModel`), an ``nn.Module``.
+    :param guide: a guide over the same latent sites, an ``nn.Module``.
+    :param objective: ``"elbo"``, ``"iwae"``, a :class:`~pyro_gen.infer.TraceObjective`, a Pyro
+        ELBO instance, or a callable ``(model_trace, guide_trace) -> loss``.
+    :param lr: Adam learning rate.
+    :param batch_size: minibatch size when data are given as a tensor or dataset.
+    :param epochs: number of passes over the training data.
+    :param device: ``"cpu"`` or ``"cuda"`` (or a ``torch.device``); modules and batches move there.
+    :param seed: seeds every generator; shuffling is derived from ``(seed, epoch)``.
+    :param run_dir: where ``metrics.jsonl`` and checkpoints go (nothing is written when ``None``).
+    :param patience: stop after this many epochs without a better validation loss.
+    :param progress: show a progress bar per epoch.
+    :param clip_norm: optional gradient-norm clipping.
+    """
+
+    def __init__(
+        self,
+        model,
+        guide,
+        objective="elbo",
+        *,
+        lr: float = 1e-3,
+        batch_size: int = 128,
+        epochs: int = 10,
+        device="cpu",
+        seed: int = 0,
+        run_dir=None,
+        patience: int | None = None,
+        progress: bool = True,
+        clip_norm: float | None = None,
+    ):
+        self.model, self.guide = model, guide
+        self.objective = make_objective(objective) if isinstance(objective, str) else as_objective(objective)
+        self.lr, self.batch_size, self.epochs, self.seed = lr, batch_size, epochs, seed
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.patience, self.progress, self.clip_norm = patience, progress, clip_norm
+        self.optimizer = None
+        self.history: list[dict] = []
+
+    # -- helpers -------------------------------------------------------------
+    def parameters(self) -> list[torch.nn.Parameter]:
+        seen, params = set(), []
+        for module in (self.model, self.guide, self.objective):
+            if isinstance(module, torch.nn.Module):
+                for p in module.parameters():
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        params.append(p)
+        return params
+
+    def _step_loss(self, x, data_size):
+        return self.objective(self.model, self.guide, x, data_size=data_size)
+
+    @torch.no_grad()
+    def evaluate_loss(self, batches, data_size=None) -> float:
+        """Mean objective loss per datapoint over ``batches`` (no gradient)."""
+        total, count = 0.0, 0
+        for batch in batches:
+            x = _first(batch).to(self.device)
+            total += float(self._step_loss(x, None)) * len(x)
+            count += len(x)
+        return total / max(count, 1)
+
+    def _checkpoint(self, epoch: int, best: float, bad_epochs: int) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "guide": self.guide.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            "best_valid": best,
+            "bad_epochs": bad_epochs,
+            "seed": self.seed,
+        }
+
+    # -- the loop --------------------------------------------------------------
+    def fit(self, train, valid=None, resume: bool = False) -> list[dict]:
+        """Train; returns one record per epoch (also written to ``run_dir/metrics.jsonl``)."""
+        with pyro.settings.context(module_local_params=True), pyro.validation_enabled(False):
+            return self._fit(train, valid, resume)
+
+    def _fit(self, train, valid, resume):
+        from tqdm.auto import tqdm
+
+        pyro.set_rng_seed(self.seed)
+        train_batches = _as_batches(train, self.batch_size, True, self.seed)
+        valid_batches = _as_batches(valid, self.batch_size, False, self.seed)
+        data_size = _num_datapoints(train_batches)
+        self.model.to(self.device)
+        self.guide.to(self.device)
+        first = _first(next(iter(train_batches))).to(self.device)
+        initialize(self.model, self.guide, first)
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        start, best, bad_epochs = 0, math.inf, 0
+        metrics_path = self.run_dir / "metrics.jsonl" if self.run_dir else None
+        if self.run_dir:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            if not self.run_dir:
+                raise ConfigError("resume=True needs a run_dir holding last.pt")
+            ckpt = load_checkpoint(self.run_dir / "last.pt", map_location=self.device)
+            self.model.load_state_dict(ckpt["model"])
+            self.guide.load_state_dict(ckpt["guide"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            set_rng_state(ckpt["rng"])
+            start, best, bad_epochs = ckpt["epoch"], ckpt["best_valid"], ckpt["bad_epochs"]
+            self.history = _read_metrics(metrics_path, upto=start)
+            _write_metrics(metrics_path, self.history)  # drop epochs past the checkpoint
+        elif metrics_path is not None and metrics_path.exists():
+            metrics_path.unlink()
+
+        for epoch in range(start, self.epochs):
+            if hasattr(train_batches, "set_epoch"):
+                train_batches.set_epoch(epoch)
+            if hasattr(self.objective, "set_epoch"):
+                self.objective.set_epoch(epoch)
+            self.model.train(), self.guide.train()
+            t0 = time.perf_counter()
+            total, count, sums = 0.0, 0, {}
+            bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.progress, leave=False, mininterval=1.0)
+            for step, batch in enumerate(bar):
+                x = _first(batch).to(self.device, non_blocking=True)
+                loss = self._step_loss(x, data_size)
+                value = loss.item()
+                if not math.isfinite(value):
+                    where = f" ({self.run_dir / 'last.pt'} holds epoch {epoch})" if self.run_dir and epoch > start else ""
+                    raise TrainingDivergedError(
+                        f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; training stopped and the last "
+                        f"good checkpoint is kept{where}. Lower the learning rate, clip gradients (clip_norm) or check the data."
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.clip_norm:
+                    torch.nn.utils.clip_grad_norm_(self.parameters(), self.clip_norm)
+                self.optimizer.step()
+                total += value * len(x)
+                count += len(x)
+                for k, v in self.objective.last_metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(x)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{value:.3f}")
+            seconds = time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "seconds": seconds}
+            record.update({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()})
+            if hasattr(self.objective, "beta_now"):
+                record["beta"] = self.objective.beta_now
+            self.model.eval(), self.guide.eval()
+            improved = True
+            if valid_batches is not None:
+                record["valid_loss"] = self.evaluate_loss(valid_batches)
+                improved = record["valid_loss"] < best
+                if improved:
+                    best, bad_epochs = record["valid_loss"], 0
+                else:
+                    bad_epochs += 1
+            self.history.append(record)
+            if self.progress:
+                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            if self.run_dir:
+                _append_metrics(metrics_path, record)
+                ckpt = self._checkpoint(epoch + 1, best, bad_epochs)
+                if improved:
+                    atomic_save(ckpt, self.run_dir / "best.pt")
+                atomic_save(ckpt, self.run_dir / "last.pt")
+            if self.patience is not None and bad_epochs >= self.patience:
+                if self.progress:
+                    tqdm.write(f"early stopping: no validation improvement in {self.patience} epochs")
+                break
+        return self.history
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _read_metrics(path: Path | None, upto: int) -> list[dict]:
+    if path is None or not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["epoch"] <= upto]
+
+
+def _write_metrics(path: Path | None, records: list[dict]) -> None:
+    if path is None:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)

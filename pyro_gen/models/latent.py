@@ -1,0 +1,227 @@
+"""Declarative latent-variable models.
+
+A model is declared by its latent sites (name, shape, prior, local or global), a
+decoder network and an observation likelihood; :class:`LatentModel` turns the
+declaration into a Pyro program::
+
+    p(theta) prod_n p(z_n) p(x_n | decoder(z_n, theta))
+
+Local latents are sampled inside the ``"data"`` plate (one per datapoint), global
+latents outside it. The decoder receives every latent's value, in declaration order,
+as positional arguments and returns the likelihood's parameters.
+
+Example: factor analysis, a model that is not a VAE, in a few lines::
+
+    import torch
+    from torch import nn
+    from pyro_gen import Latent, LatentModel, make_likelihood
+
+    class Loadings(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W = nn.Linear(3, 10)  # x = W z + mu + noise
+
+        def forward(self, z):
+            return self.W(z)
+
+    fa = LatentModel(
+        latents=[Latent("z", shape=(3,))],
+        decoder=Loadings(),
+        likelihood=make_likelihood("gaussian", data_shape=(10,), scale="learned"),
+        data_shape=(10,),
+    )
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_gen.errors import ConfigError, DataError
+from pyro_gen.models.likelihoods import Likelihood
+
+DATA_PLATE = "data"
+
+
+@dataclass(frozen=True)
+class Latent:
+    """A latent sample site.
+
+    :param str name: the site name: the contract between model and guide.
+    :param tuple shape: the event shape of one draw (per datapoint when local).
+    :param prior: a distribution whose samples have ``shape`` or broadcast to it
+        (e.g. ``dist.Laplace(0., 1.)``); default a standard Normal.
+    :param bool local: one draw per datapoint (inside the data plate) or one global draw.
+    """
+
+    name: str
+    shape: tuple = ()
+    prior: dist.Distribution | None = None
+    local: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(self.shape))
+        if self.prior is not None and not isinstance(self.prior, torch.distributions.Distribution):
+            raise ConfigError(f"prior of latent {self.name!r} must be a torch/Pyro distribution, got {type(self.prior).__name__}")
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def _move_distribution(d: dist.Distribution, device: torch.device) -> dist.Distribution:
+    """Rebuild a distribution with its parameters on ``device`` (priors declared on the CPU)."""
+    if isinstance(d, dist.Independent):
+        return _move_distribution(d.base_dist, device).to_event(d.reinterpreted_batch_ndims)
+    kwargs = {k: getattr(d, k).to(device) for k in d.arg_constraints if k in d.__dict__ and torch.is_tensor(getattr(d, k))}
+    return type(d)(**kwargs)
+
+
+class LatentModel(nn.Module):
+    """A Pyro program built from a declaration of latents, a decoder and a likelihood.
+
+    Calling the model runs the program: ``model(x)`` scores data ``x`` of shape
+    ``(batch, *data_shape)``; ``model(batch_size=n)`` generates ``n`` datapoints.
+    ``data_size`` (the full dataset size) scales local terms when ``x`` is a minibatch
+    of a model with global latents. The return value is the decoder output, shaped
+    ``batch + (params_per_value,) + data_shape`` (without the middle dimension when
+    the likelihood needs one parameter per value).
+
+    :param latents: the latent sites, :class:`Latent` objects.
+    :param decoder: an ``nn.Module`` (or callable) taking the latents' values in order.
+    :param likelihood: a :class:`~pyro_gen.models.likelihoods.Likelihood`.
+    :param data_shape: the shape of one datapoint, e.g. ``(1, 28, 28)``.
+    :param str obs_name: the observed site's name.
+    """
+
+    max_plate_nesting = 1
+
+    def __init__(
+        self,
+        latents: Sequence[Latent],
+        decoder,
+        likelihood: Likelihood,
+        data_shape: Sequence[int],
+        obs_name: str = "x",
+    ):
+        super().__init__()
+        latents = list(latents)
+        if not latents:
+            raise ConfigError("a LatentModel needs at least one Latent")
+        names = [lat.name for lat in latents]
+        if len(set(names)) != len(names) or obs_name in names:
+            raise ConfigError(f"latent and observed site names must be unique; got latents {names} and obs {obs_name!r}")
+        if not any(lat.local for lat in latents):
+            raise ConfigError("a LatentModel needs at least one local latent (one per datapoint)")
+        self.latents = latents
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.data_shape = tuple(data_shape)
+        self.obs_name = obs_name
+        # default standard-normal priors live in buffers so that .to(device) moves them
+        for i, lat in enumerate(latents):
+            if lat.prior is None:
+                self.register_buffer(f"_prior_loc_{i}", torch.zeros(lat.shape))
+        self._moved_priors: dict = {}
+
+    # -- declaration queries -------------------------------------------------
+    @property
+    def local_latents(self) -> list[Latent]:
+        return [lat for lat in self.latents if lat.local]
+
+    @property
+    def global_latents(self) -> list[Latent]:
+        return [lat for lat in self.latents if not lat.local]
+
+    def prior(self, index: int) -> dist.Distribution:
+        """The prior of the ``index``-th latent, with event shape equal to its shape."""
+        lat = self.latents[index]
+        if lat.prior is None:
+            loc = getattr(self, f"_prior_loc_{index}")
+            return dist.Normal(loc, 1.0, validate_args=False).to_event(len(lat.shape))
+        device = self._device()
+        key = (index, device)
+        if key not in self._moved_priors:
+            d = lat.prior if device == torch.device("cpu") else _move_distribution(lat.prior, device)
+            extra = len(lat.shape) - len(d.event_shape)
+            if extra < 0:
+                raise ConfigError(f"prior of latent {lat.name!r} has event shape {tuple(d.event_shape)}, larger than shape {lat.shape}")
+            # the prior's batch dimensions become event dimensions: one site per latent
+            d = d.expand(torch.Size(lat.shape[:extra]))
+            self._moved_priors[key] = d.to_event(extra) if extra else d
+        return self._moved_priors[key]
+
+    def _device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    # -- the program -----------------------------------------------------------
+    def data_plate(self, batch_size: int, data_size: int | None = None) -> pyro.plate:
+        """The plate over datapoints, shared by the model and any guide of it."""
+        if data_size is None or data_size == batch_size:
+            return pyro.plate(DATA_PLATE, batch_size, dim=-1)
+        return pyro.plate(DATA_PLATE, data_size, subsample=torch.arange(batch_size, device=self._device()), dim=-1)
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """Raise :class:`DataError` for a batch of the wrong shape, with NaN/inf, or outside the likelihood's support."""
+        if not torch.is_tensor(x):
+            raise DataError(f"data must be a torch.Tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise DataError(
+                f"data of shape {tuple(x.shape)} does not match the model's data_shape {self.data_shape}: "
+                f"a batch must have shape (batch, {', '.join(map(str, self.data_shape))}). Reshape the data or "
+                "build the model with the data's shape."
+            )
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise DataError(f"the batch contains {bad} NaN or infinite values; clean or impute the data before fitting")
+        self.likelihood.validate(x)
+
+    def decode(self, *latent_values: torch.Tensor) -> torch.Tensor:
+        """Run the decoder and shape its output to ``batch + (params,) + data_shape``."""
+        out = self.decoder(*latent_values)
+        local = next(i for i, lat in enumerate(self.latents) if lat.local)
+        batch = latent_values[local].shape[: latent_values[local].dim() - len(self.latents[local].shape)]
+        per_value = self.likelihood.params_per_value
+        expected = per_value * math.prod(self.data_shape)
+        if out.shape[: len(batch)] != batch or out[(0,) * len(batch)].numel() != expected:
+            raise DataError(
+                f"the decoder returned shape {tuple(out.shape)} for latent batch shape {tuple(batch)}, but the "
+                f"{type(self.likelihood).__name__} likelihood over data_shape {self.data_shape} needs "
+                f"{expected} values per datapoint ({per_value} per data value): make the decoder's last layer "
+                f"produce {expected} outputs or fix data_shape"
+            )
+        shape = batch + ((per_value,) if per_value > 1 else ()) + self.data_shape
+        params = out.reshape(shape)
+        if per_value > 1:
+            params = params.movedim(len(batch), 0)
+        return params
+
+    def forward(self, x: torch.Tensor | None = None, *, batch_size: int | None = None, data_size: int | None = None):
+        if x is not None:
+            self.check_data(x)
+            batch_size = x.shape[0]
+        elif batch_size is None:
+            raise ValueError("call the model with data x, or with batch_size=n to generate n datapoints")
+        values = [None] * len(self.latents)
+        for i, lat in enumerate(self.latents):
+            if not lat.local:
+                values[i] = pyro.sample(lat.name, self.prior(i))
+        with self.data_plate(batch_size, data_size):
+            for i, lat in enumerate(self.latents):
+                if lat.local:
+                    values[i] = pyro.sample(lat.name, self.prior(i))
+            params = self.decode(*values)
+            pyro.sample(self.obs_name, self.likelihood(params, len(self.data_shape)), obs=x)
+        return params
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The likelihood's mean for decoder output ``params`` (e.g. pixel probabilities)."""
+        return self.likelihood.mean(params, len(self.data_shape))

@@ -1,0 +1,158 @@
+"""Observation likelihoods p(x | decoder output) for declarative models.
+
+A likelihood turns the decoder's output into a distribution over one datapoint (its
+event shape is the model's ``data_shape``) and validates data before it is scored, so
+that, e.g., grey-level images never reach a Bernoulli likelihood silently.
+"""
+
+import math
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pyro_gen.errors import ConfigError, DataError
+
+
+class Likelihood(nn.Module):
+    """Base class. Subclasses set :attr:`params_per_value` and implement :meth:`forward`.
+
+    :attr:`params_per_value` is how many decoder outputs each data value needs (1 for
+    Bernoulli logits, 2 for a Gaussian whose scale the decoder also predicts). The
+    decoder's output is reshaped to ``batch + (params_per_value,) + data_shape`` when
+    it is larger than 1, stacked along the first non-batch dimension.
+    """
+
+    params_per_value = 1
+
+    def validate(self, x: torch.Tensor) -> None:
+        """Raise :class:`~pyro_gen.errors.DataError` when ``x`` is outside the support."""
+
+    def forward(self, params: torch.Tensor, data_ndim: int) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor, data_ndim: int) -> torch.Tensor:
+        """The mean of p(x | params), used for sample grids and reconstructions."""
+        return self(params, data_ndim).mean
+
+
+class Bernoulli(Likelihood):
+    """Bernoulli likelihood over binary data; the decoder outputs logits."""
+
+    def validate(self, x):
+        # one fused check: NaN also fails both comparisons
+        bad = (x != 0) & (x != 1)
+        if bad.any():
+            values = x[bad]
+            raise DataError(
+                f"the Bernoulli likelihood needs binary data (0 or 1), but the batch has {int(bad.sum())} "
+                f"other values (e.g. {values[0].item():.4g}). Binarize the data (dataset option "
+                "binarize='dynamic' or 'threshold') or choose likelihood='gaussian' or 'continuous_bernoulli'."
+            )
+
+    def forward(self, params, data_ndim):
+        return dist.Bernoulli(logits=params, validate_args=False).to_event(data_ndim)
+
+    def mean(self, params, data_ndim):
+        return torch.sigmoid(params)
+
+
+class ContinuousBernoulli(Likelihood):
+    """Continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019) for data in [0, 1]; logits from the decoder."""
+
+    def validate(self, x):
+        if ((x < 0) | (x > 1)).any():
+            raise DataError(
+                f"the continuous Bernoulli likelihood needs data in [0, 1]; got values in "
+                f"[{x.min().item():.4g}, {x.max().item():.4g}]. Rescale the data first."
+            )
+
+    def forward(self, params, data_ndim):
+        return dist.ContinuousBernoulli(logits=params, validate_args=False).to_event(data_ndim)
+
+
+class _LocationScale(Likelihood):
+    """Shared logic of location-scale likelihoods with a fixed, learned or predicted scale."""
+
+    family: type
+
+    def __init__(self, scale="learned", data_shape=None, min_scale: float = 1e-3):
+        super().__init__()
+        self.min_scale = min_scale
+        if scale == "learned":
+            if data_shape is None:
+                raise ConfigError("a learned likelihood scale needs data_shape (one scale per data value)")
+            self.log_scale = nn.Parameter(torch.zeros(data_shape))
+        elif scale == "decoder":
+            self.params_per_value = 2
+        elif isinstance(scale, (int, float)) and scale > 0:
+            self.register_buffer("fixed_scale", torch.tensor(float(scale)))
+        else:
+            raise ConfigError(f"likelihood scale must be a positive number, 'learned' or 'decoder'; got {scale!r}")
+        self.scale_kind = scale if isinstance(scale, str) else "fixed"
+
+    def _scale(self, params):
+        if self.scale_kind == "learned":
+            return F.softplus(self.log_scale + math.log(math.e - 1)) + self.min_scale
+        if self.scale_kind == "decoder":
+            return F.softplus(params[1]) + self.min_scale
+        return self.fixed_scale
+
+    def forward(self, params, data_ndim):
+        loc = params[0] if self.scale_kind == "decoder" else params
+        return self.family(loc, self._scale(params), validate_args=False).to_event(data_ndim)
+
+    def mean(self, params, data_ndim):
+        return params[0] if self.scale_kind == "decoder" else params
+
+
+class Gaussian(_LocationScale):
+    """Gaussian likelihood: the decoder outputs the mean; the scale is fixed, learned per value, or predicted."""
+
+    family = dist.Normal
+
+
+class Laplace(_LocationScale):
+    """Laplace likelihood (robust to outliers); same scale options as :class:`Gaussian`."""
+
+    family = dist.Laplace
+
+
+class Poisson(Likelihood):
+    """Poisson likelihood for count data; the decoder outputs log rates."""
+
+    def validate(self, x):
+        if ((x < 0) | (x != torch.round(x))).any():
+            raise DataError("the Poisson likelihood needs non-negative integer counts; the batch has other values")
+
+    def forward(self, params, data_ndim):
+        return dist.Poisson(params.exp(), validate_args=False).to_event(data_ndim)
+
+
+_LIKELIHOODS = {
+    "bernoulli": Bernoulli,
+    "continuous_bernoulli": ContinuousBernoulli,
+    "gaussian": Gaussian,
+    "laplace": Laplace,
+    "poisson": Poisson,
+}
+
+
+def likelihood_names() -> list[str]:
+    return sorted(_LIKELIHOODS)
+
+
+def make_likelihood(name: str, data_shape=None, scale="learned") -> Likelihood:
+    """Build a likelihood by name (``bernoulli``, ``gaussian``, ``laplace``, ``continuous_bernoulli``, ``poisson``).
+
+    ``scale`` applies to ``gaussian`` and ``laplace``: a positive number (fixed), ``"learned"``
+    (one learned scale per data value) or ``"decoder"`` (the decoder predicts it).
+    """
+    try:
+        cls = _LIKELIHOODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown likelihood {name!r}; choose one of {likelihood_names()}") from None
+    if issubclass(cls, _LocationScale):
+        return cls(scale=scale, data_shape=data_shape)
+    return cls()

@@ -1,0 +1,9 @@
+"""Network blocks: plain ``torch.nn`` modules with no Pyro inside.
+
+Pyro lives in models, guides and objectives; these blocks only map tensors to
+tensors, so they can be reused, tested and benchmarked on their own.
+"""
+
+from pyro_gen.nn.blocks import MLP, ConvDecoder, ConvEncoder, Flatten, Unflatten
+
+__all__ = ["MLP", "ConvEncoder", "ConvDecoder", "Flatten", "Unflatten"]
