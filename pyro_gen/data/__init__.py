@@ -16,7 +16,12 @@ from pyro_gen.data.checksums import array_md5, file_digest
 from pyro_gen.data.container import BINARIZATIONS, ArrayData
 from pyro_gen.data.download import download_file
 from pyro_gen.data.paths import DATA_DIR_ENV, resolve_data_dir
-from pyro_gen.data.registry import dataset_names, dataset_splits, download_dataset, load_dataset
+from pyro_gen.data.registry import (
+    dataset_names,
+    dataset_splits,
+    download_dataset,
+    load_dataset,
+)
 from pyro_gen.data.toy import toy_modes
 
 __all__ = [

@@ -70,8 +70,15 @@ def parse_amat(path: Path, rows: int) -> np.ndarray:
     general text parser on 78 MB.
     """
     raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-    is_digit = (raw == ord("0")) | (raw == ord("1"))
-    if not np.isin(raw[~is_digit], np.frombuffer(b" \t\r\n", dtype=np.uint8)).all():
+    is_digit = raw >= ord("0")
+    space = raw[~is_digit]
+    is_space = (
+        (space == ord(" "))
+        | (space == ord("\n"))
+        | (space == ord("\r"))
+        | (space == ord("\t"))
+    )
+    if (raw > ord("1")).any() or not is_space.all():
         raise DataError(f"{path} holds characters other than 0, 1 and whitespace.")
     values = raw[is_digit] - ord("0")
     if values.size != rows * 784:
@@ -105,13 +112,17 @@ def download(root: Path, progress: bool = True) -> Path:
             np.arange(10, dtype=np.uint8), MNIST_TEST_DIGIT_COUNTS
         )
         for key, expected in CONTENT_MD5.items():
-            check_array(arrays[key], expected, f"array {key!r} converted from {AMAT_URL}")
+            check_array(
+                arrays[key], expected, f"array {key!r} converted from {AMAT_URL}"
+            )
         return write_npz(root / FILENAME, arrays)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def load(split: str, location: DataLocation, download_missing: bool = False) -> ArrayData:
+def load(
+    split: str, location: DataLocation, download_missing: bool = False
+) -> ArrayData:
     """Load one split (see :func:`pyro_gen.data.load_dataset`)."""
     location.require(NAME, create=download_missing)
     path = location.root / FILENAME
@@ -122,7 +133,9 @@ def load(split: str, location: DataLocation, download_missing: bool = False) -> 
     keys = [split, "test_labels"] if split == "test" else [split]
     arrays = read_npz(path, keys)
     for key, a in arrays.items():
-        shape = (SPLIT_SIZES[split],) if key == "test_labels" else (SPLIT_SIZES[split], 784)
+        shape = (
+            (SPLIT_SIZES[split],) if key == "test_labels" else (SPLIT_SIZES[split], 784)
+        )
         if a.dtype != np.uint8 or a.shape != shape:
             raise ChecksumError(
                 f"Array {key!r} of {path} is {a.dtype} {a.shape}, expected uint8 {shape}: "
@@ -131,5 +144,6 @@ def load(split: str, location: DataLocation, download_missing: bool = False) -> 
         verify_array(path, key, a, CONTENT_MD5[key])
     x = torch.from_numpy(arrays[split].reshape(-1, 1, 28, 28)).to(torch.float32)
     y = torch.from_numpy(arrays["test_labels"]).long() if split == "test" else None
-    return ArrayData(x, y, name=NAME, split=split, binarization="static", source=str(path))
-
+    return ArrayData(
+        x, y, name=NAME, split=split, binarization="static", source=str(path)
+    )

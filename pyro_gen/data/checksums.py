@@ -54,7 +54,9 @@ def _file_key(path: Path, *what: object) -> tuple:
     return (os.path.realpath(path), st.st_mtime_ns, st.st_size, *what)
 
 
-def _mismatch(path: Path, what: str, algorithm: str, expected: str, actual: str) -> ChecksumError:
+def _mismatch(
+    path: Path, what: str, algorithm: str, expected: str, actual: str
+) -> ChecksumError:
     return ChecksumError(
         f"Checksum mismatch for {path} ({what}): expected {algorithm} {expected}, "
         f"got {actual}. The file is corrupt, incomplete or not the published one. "
@@ -97,7 +99,9 @@ def check_array(array: np.ndarray, md5: str, what: str) -> None:
         )
 
 
-def verify_array(path: str | os.PathLike, key: str, array: np.ndarray, md5: str) -> None:
+def verify_array(
+    path: str | os.PathLike, key: str, array: np.ndarray, md5: str
+) -> None:
     """Check the content md5 of array ``key`` loaded from ``path`` (cached per process).
 
     :param path: file the array came from (used for the cache key and the message).

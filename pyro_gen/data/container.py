@@ -69,9 +69,13 @@ class ArrayData(Dataset):
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or not self.x.is_floating_point():
-            raise DataError(f"ArrayData.x must be a floating-point tensor, got {type(self.x)}.")
+            raise DataError(
+                f"ArrayData.x must be a floating-point tensor, got {type(self.x)}."
+            )
         if self.x.dim() < 2:
-            raise DataError(f"ArrayData.x must have a batch dimension, got shape {tuple(self.x.shape)}.")
+            raise DataError(
+                f"ArrayData.x must have a batch dimension, got shape {tuple(self.x.shape)}."
+            )
         if self.y is not None and (self.y.dim() != 1 or len(self.y) != len(self.x)):
             raise DataError(
                 f"ArrayData.y must be 1-D with one label per row of x: x has {len(self.x)} "
@@ -142,7 +146,9 @@ class ArrayData(Dataset):
             order = torch.arange(n, device=self.x.device)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
-            yield self.transform_batch(self.x[order[start : start + batch_size]], generator)
+            yield self.transform_batch(
+                self.x[order[start : start + batch_size]], generator
+            )
 
     def subset(self, n: int, seed: int = 0) -> ArrayData:
         """A seeded uniformly random subset of ``n`` rows, drawn without replacement.
@@ -218,7 +224,9 @@ def apply_binarization(data: ArrayData, binarize: str | None) -> ArrayData:
     if binarize is None:
         return data
     if binarize == "threshold":
-        return replace(data, x=(data.x > 0.5).to(data.x.dtype), binarization="threshold")
+        return replace(
+            data, x=(data.x > 0.5).to(data.x.dtype), binarization="threshold"
+        )
     if binarize == "dynamic":
         return replace(data, binarization="dynamic")
     raise DataError(

@@ -82,7 +82,9 @@ def _read(name: str, path: Path, n: int, kind: str) -> np.ndarray:
             f"the published file; delete it and download it again."
         )
     if kind == "labels" and data.max(initial=0) > 9:
-        raise DataError(f"{path} holds labels above 9; delete it and download it again.")
+        raise DataError(
+            f"{path} holds labels above 9; delete it and download it again."
+        )
     return data
 
 
@@ -105,7 +107,9 @@ def download(name: str, root: Path) -> None:
     try:
         # One call fetches all four files (train and test) and checks their md5s.
         cls(root=str(root), train=True, download=True)
-    except RuntimeError as err:  # torchvision's "Error downloading ..." after all mirrors
+    except (
+        RuntimeError
+    ) as err:  # torchvision's "Error downloading ..." after all mirrors
         raise DataNotFoundError(
             f"Could not download {name!r} with torchvision: {err}. Check the network "
             f"connection, or copy the files into {root / folder / 'raw'}."
@@ -126,7 +130,9 @@ def load(
     if None in paths:
         looked = [p for f in files for p in _candidates(name, location.root, f)]
         folder = _SOURCES[name][0]
-        raise not_found_error(name, split, location, looked, [f"{folder}/raw/{f}" for f in files])
+        raise not_found_error(
+            name, split, location, looked, [f"{folder}/raw/{f}" for f in files]
+        )
     n = 10000 if split == "test" else 60000
     images = _read(name, paths[0], n, "images")
     labels = _read(name, paths[1], n, "labels")

@@ -49,8 +49,14 @@ _REGISTRY: dict[str, _Spec] = {
     ),
     "mnist": _Spec(_mnist_loader("mnist"), _GRAYSCALE),
     "fashion_mnist": _Spec(_mnist_loader("fashion_mnist"), _GRAYSCALE),
-    "frey_faces": _Spec(lambda split, loc, dl, n, seed: frey.load(split, loc, dl), _GRAYSCALE),
-    "digits": _Spec(lambda split, loc, dl, n, seed: digits.load(split), _GRAYSCALE, needs_files=False),
+    "frey_faces": _Spec(
+        lambda split, loc, dl, n, seed: frey.load(split, loc, dl), _GRAYSCALE
+    ),
+    "digits": _Spec(
+        lambda split, loc, dl, n, seed: digits.load(split),
+        _GRAYSCALE,
+        needs_files=False,
+    ),
     "ring8": _Spec(_toy_loader("ring8"), (None,), generated=True, needs_files=False),
     "grid25": _Spec(_toy_loader("grid25"), (None,), generated=True, needs_files=False),
 }
@@ -63,7 +69,9 @@ def dataset_names() -> list[str]:
 
 def _spec(name: str) -> _Spec:
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise DataError(f"Unknown dataset {name!r}. Known datasets: {', '.join(dataset_names())}.")
+        raise DataError(
+            f"Unknown dataset {name!r}. Known datasets: {', '.join(dataset_names())}."
+        )
     return _REGISTRY[name]
 
 

@@ -60,6 +60,13 @@ class AmortizedGuide(nn.Module):
             out.append(q)
         return out
 
+    @torch.no_grad()
+    def global_point_estimate(self, x: torch.Tensor) -> dict:
+        """The global latents' posterior medians (empty without global latents)."""
+        if self.global_guide is None:
+            return {}
+        return {k: v.detach() for k, v in self.global_guide.median(x).items()}
+
     def forward(self, x: torch.Tensor, *, batch_size: int | None = None, data_size: int | None = None):
         if self.global_guide is not None:
             self.global_guide(x, data_size=data_size)

@@ -121,7 +121,8 @@ def trace_terms(model_trace, guide_trace) -> TraceTerms:
             frame = _frames(site)[1]
             batch_size, data_size = value.shape[-1], frame.size
         if site["is_observed"]:
-            lik.append(value)
+            # observed sites outside the data plate are conditioned global latents: prior terms
+            (lik if local else prior_g).append(value)
             continue
         gsite = guide_trace.nodes.get(name)
         if gsite is None:

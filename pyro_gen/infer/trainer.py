@@ -73,7 +73,7 @@ def _as_batches(data, batch_size: int, shuffle: bool, seed: int):
     if torch.is_tensor(data):
         return TensorBatches(data, batch_size, shuffle, seed)
     if hasattr(data, "x") and torch.is_tensor(data.x):
-        return TensorBatches(data.x, batch_size, shuffle, seed, transform=getattr(data, "batch_transform", None))
+        return TensorBatches(data.x, batch_size, shuffle, seed, transform=getattr(data, "transform_batch", None))
     if isinstance(data, Iterable):
         return data
     raise ConfigError(f"cannot make batches of {type(data).__name__}; give a tensor, a pyro_gen dataset or an iterable of batches")

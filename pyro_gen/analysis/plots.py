@@ -1,0 +1,133 @@
+"""Pictures of a fitted model: sample grids, reconstructions, latent interpolations.
+
+Figures are computed from the model's Pyro program (interpolation conditions the latent
+site with :func:`pyro.poutine.condition`) and written atomically as PNG files.
+Image grids show the likelihood's mean (e.g. pixel probabilities), not a noisy draw.
+"""
+
+import os
+from pathlib import Path
+
+import pyro.poutine as poutine
+import torch
+
+
+def _save_png(array, path: Path, cmap="gray") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    try:
+        plt.imsave(tmp, array, cmap=cmap, vmin=0.0, vmax=1.0)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
+    """Tile ``(N, C, H, W)`` images (C = 1 or 3, values in [0, 1]) into one ``(H', W'[, 3])`` array."""
+    images = images.detach().float().clamp(0, 1).cpu()
+    n, c, h, w = images.shape
+    ncol = (n + nrow - 1) // nrow
+    grid = torch.ones(c, nrow * (h + pad) + pad, ncol * (w + pad) + pad)
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = images[i]
+    return grid[0] if c == 1 else grid.permute(1, 2, 0)
+
+
+def save_image_grid(images: torch.Tensor, path, nrow: int | None = None) -> Path:
+    """Write images as one PNG grid (atomically)."""
+    if images.dim() != 4:
+        raise ValueError(f"image grids need (N, C, H, W) images, got shape {tuple(images.shape)}")
+    nrow = nrow or max(1, int(len(images) ** 0.5))
+    return _save_png(image_grid(images, nrow).numpy(), path)
+
+
+def _is_image(model) -> bool:
+    return len(model.data_shape) == 3 and model.data_shape[0] in (1, 3)
+
+
+@torch.no_grad()
+def sample_images(model, n: int) -> torch.Tensor:
+    """Likelihood means of ``n`` fresh draws from the model."""
+    params = model(batch_size=n)
+    return model.mean(params)
+
+
+@torch.no_grad()
+def posterior_means(guide, x: torch.Tensor, num_samples: int = 64) -> list[torch.Tensor]:
+    """Monte Carlo posterior means of each local latent (flows have no closed-form mean)."""
+    return [q.sample((num_samples,)).mean(0) for q in guide.posterior(x)]
+
+
+@torch.no_grad()
+def reconstructions(model, guide, x: torch.Tensor) -> torch.Tensor:
+    """Decode one posterior draw per datapoint: ``model`` conditioned on the guide's sample."""
+    zs = [q.sample() for q in guide.posterior(x)]
+    data = {lat.name: z for lat, z in zip(model.local_latents, zs)}
+    return model.mean(poutine.condition(model, data=data)(batch_size=len(x)))
+
+
+@torch.no_grad()
+def interpolate(model, guide, x_start: torch.Tensor, x_end: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """Decode ``steps`` points on the line between the posterior means of two datapoints.
+
+    Returns ``(steps, *data_shape)``. Works for models with one local latent (e.g. a VAE's ``z``).
+    """
+    if len(model.local_latents) != 1:
+        raise ValueError("interpolation needs a model with exactly one local latent")
+    z0, z1 = (posterior_means(guide, x[None])[0][0] for x in (x_start, x_end))
+    t = torch.linspace(0, 1, steps, device=z0.device)[:, None]
+    path = (1 - t) * z0 + t * z1
+    name = model.local_latents[0].name
+    return model.mean(poutine.condition(model, data={name: path})(batch_size=steps))
+
+
+@torch.no_grad()
+def write_figures(model, guide, x_test: torch.Tensor, run_dir, seed: int = 0) -> list[Path]:
+    """Write ``samples.png``, ``reconstructions.png`` and ``interpolation.png`` (image data) or
+    ``samples.png`` as a scatter plot (2-D data) into ``run_dir``; returns the paths."""
+    run_dir = Path(run_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        device = next(model.parameters()).device
+        x_test = x_test.to(device)
+        if not _is_image(model):
+            return [_scatter(model, x_test, run_dir / "samples.png")]
+        paths = [save_image_grid(sample_images(model, 64), run_dir / "samples.png", nrow=8)]
+        x = x_test[:8]
+        recon = reconstructions(model, guide, x)
+        paths.append(save_image_grid(torch.cat([x, recon]), run_dir / "reconstructions.png", nrow=2))
+        if len(model.local_latents) == 1 and len(x_test) >= 2:
+            rows = [interpolate(model, guide, x_test[2 * i], x_test[2 * i + 1], steps=10) for i in range(min(4, len(x_test) // 2))]
+            paths.append(save_image_grid(torch.cat(rows), run_dir / "interpolation.png", nrow=len(rows)))
+    return paths
+
+
+def _scatter(model, x_test, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    samples = model.mean(model(batch_size=min(2000, 4 * len(x_test)))).reshape(-1, model.data_shape[-1]).cpu()
+    data = x_test.reshape(len(x_test), -1).cpu()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(data[:, 0], data[:, 1], s=2, alpha=0.4, label="data")
+    ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="model (means)")
+    ax.legend(loc="upper right", fontsize=7)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,217 @@
+"""Run configuration: dataclasses read from YAML (safe loader) with ``key=value`` overrides.
+
+Every key is checked on load: an unknown or misspelt key is an error that names it and
+suggests the closest valid key, never silently ignored. A run directory stores the
+resolved config as ``config.yaml``, so any result can be re-made from it.
+"""
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pyro_gen.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which data, where it lives, and which seeded subsets to use."""
+
+    name: str = "binarized_mnist"
+    data_dir: str | None = None
+    binarize: str | None = None
+    train_size: int | None = None
+    valid_size: int | None = None
+    test_size: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The generative model (``kind: vae``)."""
+
+    kind: str = "vae"
+    latent_dim: int = 40
+    hidden: list = field(default_factory=lambda: [300, 300])
+    net: str = "mlp"
+    likelihood: str = "bernoulli"
+    likelihood_scale: float | str = "learned"
+
+
+@dataclass
+class GuideConfig:
+    """The guide by name (``normal``, ``planar:10``, ...); its encoder uses the model's hidden sizes unless given."""
+
+    name: str = "normal"
+    hidden: list | None = None
+    global_guide: str = "normal"
+
+
+@dataclass
+class ObjectiveConfig:
+    """The training objective (``elbo`` or ``iwae``) and its options."""
+
+    name: str = "elbo"
+    num_particles: int = 1
+    beta: float = 1.0
+    warmup_epochs: int = 0
+    free_bits: float = 0.0
+    analytic_kl: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and hardware."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    patience: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    clip_norm: float | None = None
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Test-set evaluation after training (and for ``pyro-gen evaluate``)."""
+
+    nll_samples: int = 1000
+    chunk_size: int = 32768
+    images: bool = True
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    guide: GuideConfig = field(default_factory=GuideConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+_SECTION_TYPES = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "guide": GuideConfig,
+    "objective": ObjectiveConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+def _unknown(key: str, valid) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], list(valid), n=1)
+    hint = f"; did you mean {'.'.join(key.split('.')[:-1] + [close[0]])!r}?" if close else ""
+    prefix = ".".join(key.split(".")[:-1])
+    valid_keys = ", ".join(f"{prefix}.{v}" if prefix else v for v in valid)
+    return ConfigError(f"unknown config key {key!r}{hint} Valid keys: {valid_keys}")
+
+
+def _check_type(key: str, value, default):
+    """Reject values of the wrong kind (a string where a number is expected, ...)."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+    elif isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+    return value
+
+
+def from_dict(raw: dict) -> RunConfig:
+    """Build a :class:`RunConfig` from nested dicts, checking every key and value type."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections ({', '.join(_SECTIONS)}), got {type(raw).__name__}")
+    sections = {}
+    for name, value in raw.items():
+        if name not in _SECTION_TYPES:
+            raise _unknown(str(name), _SECTION_TYPES)
+        cls = _SECTION_TYPES[name]
+        if name == "guide" and isinstance(value, str):
+            value = {"name": value}
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section {name!r} must be a mapping, got {value!r}")
+        defaults = cls()
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, v in value.items():
+            if key not in fields:
+                raise _unknown(f"{name}.{key}", sorted(fields))
+            kwargs[key] = _check_type(f"{name}.{key}", v, getattr(defaults, key))
+        sections[name] = cls(**kwargs)
+    return RunConfig(**sections)
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``"train.epochs=5"`` -> ``(["train", "epochs"], 5)``; the value is read as YAML (safe)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.epochs=5")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot read the value as YAML ({e})") from None
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides) -> dict:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    for text in overrides or []:
+        path, value = parse_override(text)
+        if len(path) != 2:
+            raise ConfigError(f"override {text!r} must name a section and a key, e.g. model.latent_dim=20")
+        section, key = path
+        if section not in _SECTION_TYPES:
+            raise _unknown(section, _SECTION_TYPES)
+        current = raw.get(section)
+        if isinstance(current, str):  # "guide: planar:10" shorthand
+            current = {"name": current}
+        current = dict(current or {})
+        current[key] = value
+        raw[section] = current
+    return raw
+
+
+def load_config(path=None, overrides=()) -> RunConfig:
+    """Read a YAML config (``yaml.safe_load``: no code runs) and apply ``key=value`` overrides."""
+    raw = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def save_config(config: RunConfig, path) -> None:
+    """Write the resolved config atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
