@@ -46,6 +46,10 @@ def save_image_grid(images: torch.Tensor, path, nrow: int | None = None) -> Path
     if images.dim() != 4:
         raise ValueError(f"image grids need (N, C, H, W) images, got shape {tuple(images.shape)}")
     nrow = nrow or max(1, int(len(images) ** 0.5))
+    # enlarge small images (8x8 digits) so that a grid is legible without zooming
+    scale = max(1, 32 // images.shape[-2])
+    if scale > 1:
+        images = images.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
     return _save_png(image_grid(images, nrow).numpy(), path)
 
 

@@ -84,8 +84,10 @@ def log_likelihood(model, guide, x: torch.Tensor, num_samples: int = 1000, chunk
     if num_samples < 1 or chunk_size < 1:
         raise ValueError("num_samples and chunk_size must be positive")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    batch = min(len(x), chunk_size)
-    per_chunk = max(1, chunk_size // batch)
+    # fill a chunk with as many particles as possible, then datapoints: the encoder and the
+    # guide's flow parameters are computed once per datapoint and chunk, so fewer chunks is faster
+    per_chunk = min(num_samples, chunk_size)
+    batch = max(1, min(len(x), chunk_size // per_chunk))
     out = {k: [] for k in ("log_px", "elbo", "recon", "kl", "mean")}
     gen_state = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if seed is not None else None
     from tqdm.auto import tqdm

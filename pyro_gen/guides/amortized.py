@@ -65,6 +65,9 @@ class AmortizedGuide(nn.Module):
         """The global latents' posterior medians (empty without global latents)."""
         if self.global_guide is None:
             return {}
+        if self.global_guide.prototype_trace is None:
+            # an autoguide creates its parameters on its first call; an untrained guide has not run yet
+            self.global_guide(x)
         return {k: v.detach() for k, v in self.global_guide.median(x).items()}
 
     def forward(self, x: torch.Tensor, *, batch_size: int | None = None, data_size: int | None = None):

@@ -1,0 +1,139 @@
+"""The ``pyro-gen`` command line: ``train``, ``evaluate``, ``sample``, ``compare``, ``download``, ``list``.
+
+Errors that users can fix (bad config keys, unknown names, missing data) are printed as
+one clear line with exit status 2, without a traceback.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pyro_gen.errors import PyroGenError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyro-gen", description="Deep generative models as Pyro programs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config; writes a run directory")
+    t.add_argument("config", nargs="?", help="YAML config file (defaults are used for missing keys)")
+    t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5 guide.name=planar:10")
+    t.add_argument("--run-dir", help="output directory (default runs/<data>-<guide>-<time>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    t.add_argument("--device", help="cpu or cuda (overrides train.device)")
+
+    e = sub.add_parser("evaluate", help="score a run's best checkpoint on its test split; writes metrics.json")
+    e.add_argument("run_dir")
+    e.add_argument("--nll-samples", type=int, help="importance samples K (default: the run's eval.nll_samples)")
+    e.add_argument("--device")
+    e.add_argument("--no-figures", action="store_true")
+
+    s = sub.add_parser("sample", help="write a grid of samples from a run's model")
+    s.add_argument("run_dir")
+    s.add_argument("--num", type=int, default=64)
+    s.add_argument("--out", help="PNG path (default RUN_DIR/samples.png)")
+    s.add_argument("--seed", type=int, default=0)
+
+    c = sub.add_parser("compare", help="train several guides on one model; writes compare.csv and compare.md")
+    c.add_argument("--config", help="base YAML config")
+    c.add_argument("--data", help="dataset name (data.name)")
+    c.add_argument("--guides", required=True, help="comma-separated guide names, e.g. normal,planar:10,iaf:4")
+    c.add_argument("--epochs", type=int)
+    c.add_argument("--train-size", type=int, help="seeded random subset of the training split")
+    c.add_argument("--test-size", type=int, help="seeded random subset of the test split")
+    c.add_argument("--nll-samples", type=int)
+    c.add_argument("--seed", type=int, help="seed for training and for the subsets")
+    c.add_argument("--device")
+    c.add_argument("--out", required=True, help="output directory (one run directory per guide inside)")
+    c.add_argument("--jobs", type=int, default=1, help="guides trained at once in worker processes (CPU threads are shared)")
+    c.add_argument("overrides", nargs="*", help="section.key=value overrides")
+
+    d = sub.add_parser("download", help="download a dataset into the data directory (with checksums)")
+    d.add_argument("name")
+    d.add_argument("--data-dir", help="default: $PYRO_GEN_DATA or ~/.pyro_gen/data")
+
+    sub.add_parser("list", help="list datasets, guides, likelihoods and objectives")
+    return p
+
+
+def _train(args) -> None:
+    from pyro_gen.config import load_config
+    from pyro_gen.run import train
+
+    if args.resume:
+        if not args.run_dir:
+            raise SystemExit("pyro-gen train --resume needs --run-dir")
+        metrics = train(None, args.run_dir, resume=True)
+    else:
+        overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+        config = load_config(args.config, overrides)
+        run_dir = args.run_dir or f"runs/{config.data.name}-{config.guide.name.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        metrics = train(config, run_dir)
+        print(f"run directory: {run_dir}")
+    print(f"test NLL {metrics['test_nll']:.3f} nats (K={metrics['nll_samples']}), test ELBO {metrics['test_elbo']:.3f}")
+
+
+def _compare(args) -> None:
+    from pyro_gen.config import load_config
+    from pyro_gen.run import compare
+
+    flags = {
+        "data.name": args.data,
+        "train.epochs": args.epochs,
+        "data.train_size": args.train_size,
+        "data.test_size": args.test_size,
+        "eval.nll_samples": args.nll_samples,
+        "train.seed": args.seed,
+        "data.seed": args.seed,
+        "train.device": args.device,
+    }
+    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    config = load_config(args.config, overrides)
+    rows = compare(config, args.guides.split(","), args.out, jobs=args.jobs)
+    print((Path(args.out) / "compare.md").read_text())
+    print(f"wrote {Path(args.out) / 'compare.csv'} ({len(rows)} guides)")
+
+
+def _list() -> None:
+    from pyro_gen.data import dataset_names
+    from pyro_gen.guides import guide_names
+    from pyro_gen.infer import objective_names
+    from pyro_gen.models import likelihood_names
+
+    print("datasets:    " + ", ".join(dataset_names()))
+    print("guides:      " + ", ".join(guide_names()))
+    print("likelihoods: " + ", ".join(likelihood_names()))
+    print("objectives:  " + ", ".join(objective_names()))
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            _train(args)
+        elif args.command == "evaluate":
+            from pyro_gen.run import evaluate_run
+
+            m = evaluate_run(args.run_dir, nll_samples=args.nll_samples, device=args.device, figures=False if args.no_figures else None)
+            print(f"test NLL {m['test_nll']:.3f} nats (K={m['nll_samples']}), test ELBO {m['test_elbo']:.3f}, active units {m['active_units']}")
+        elif args.command == "sample":
+            from pyro_gen.run import sample_run
+
+            print(f"wrote {sample_run(args.run_dir, args.num, args.out, args.seed)}")
+        elif args.command == "compare":
+            _compare(args)
+        elif args.command == "download":
+            from pyro_gen.data import download_dataset
+
+            print(f"downloaded {args.name} into {download_dataset(args.name, args.data_dir)}")
+        elif args.command == "list":
+            _list()
+    except PyroGenError as e:
+        print(f"pyro-gen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

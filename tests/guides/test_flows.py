@@ -1,0 +1,142 @@
+"""Flow families: log-det-Jacobians against autograd Jacobians, log q(z) against the change-of-variables formula."""
+
+import pytest
+import torch
+from pyro.distributions import transforms as T
+from torch.autograd.functional import jacobian
+
+from pyro_gen.guides import make_family
+
+FLOW_KINDS = ["planar", "radial", "coupling", "iaf"]
+CONTEXT_DIM, DIM, LAYERS, BATCH = 5, 4, 3, 4
+
+
+def build(kind, num_layers=LAYERS, perturb=0.3):
+    """A double-precision flow family whose transform parameters are moved away from the identity."""
+    family = make_family(kind, context_dim=CONTEXT_DIM, dim=DIM, num_layers=num_layers).double()
+    with torch.no_grad():
+        for p in family.transforms.parameters():
+            p.add_(perturb * torch.randn_like(p))
+    return family
+
+
+def conditioned_transforms(family, h):
+    """The family's transforms conditioned on context ``h``, in the order they are applied."""
+    return [t.condition(h) if hasattr(t, "condition") else t for t in family._all]
+
+
+def push(family, h, eps):
+    """Push ``eps`` through the conditioned transforms one by one; return z and the summed log-det-Jacobians."""
+    x, logdet = eps, torch.zeros(eps.shape[:-1], dtype=eps.dtype)
+    for t in conditioned_transforms(family, h):
+        y = t(x)
+        logdet = logdet + t.log_abs_det_jacobian(x, y)
+        x = y
+    return x, logdet
+
+
+def autograd_logdet(family, h, eps):
+    """log |det d z / d eps| of the whole map for one datapoint, from the full autograd Jacobian."""
+    jac = jacobian(lambda e: push(family, h, e)[0], eps)
+    assert jac.shape == (DIM, DIM)
+    return torch.linalg.slogdet(jac).logabsdet
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_sum_of_log_det_jacobians_matches_autograd(kind):
+    family = build(kind)
+    h = torch.randn(BATCH, CONTEXT_DIM, dtype=torch.double)
+    for i in range(BATCH):
+        eps = family.base(h[i]).sample()
+        z, logdet = push(family, h[i], eps)
+        expected = autograd_logdet(family, h[i], eps)
+        assert torch.allclose(logdet, expected, atol=1e-8), (kind, i, logdet.item(), expected.item())
+        # not vacuous: the perturbed flow is far from volume preserving and moves the sample
+        assert (z - eps).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_log_prob_of_own_sample_is_change_of_variables(kind):
+    family = build(kind)
+    h = torch.randn(BATCH, CONTEXT_DIM, dtype=torch.double)
+    q = family(h)
+    torch.manual_seed(1)
+    z = q.rsample()
+    assert z.shape == (BATCH, DIM)
+    # the same noise again gives the base sample behind z
+    torch.manual_seed(1)
+    base = family.base(h)
+    eps = base.rsample()
+    log_q = q.log_prob(z)
+    assert log_q.shape == (BATCH,)
+    for i in range(BATCH):
+        z_i, _ = push(family, h[i], eps[i])
+        assert torch.allclose(z_i, z[i], atol=1e-10)
+        expected = base.log_prob(eps)[i] - autograd_logdet(family, h[i], eps[i])
+        assert torch.allclose(log_q[i], expected, atol=1e-6), (kind, i, log_q[i].item(), expected.item())
+    # and the flow's log-density really differs from the base's (a non-trivial flow)
+    assert (log_q - base.log_prob(eps)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_every_layer_changes_its_input(kind):
+    family = build(kind)
+    h = torch.randn(CONTEXT_DIM, dtype=torch.double)
+    x = family.base(h).sample()
+    learnable = [t for t in conditioned_transforms(family, h) if not isinstance(t, T.Permute)]
+    assert len(learnable) == LAYERS
+    for t in learnable:
+        y = t(x)
+        assert (y - x).abs().max() > 1e-3, f"a {kind} layer acts as the identity"
+        x = y
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_perturbed_flow_changes_the_distribution(kind):
+    """Same base noise and context: the flow's samples and densities differ from the base Normal's."""
+    family = build(kind)
+    h = torch.randn(64, CONTEXT_DIM, dtype=torch.double)
+    q, base = family(h), family.base(h)
+    torch.manual_seed(2)
+    z = q.rsample()
+    torch.manual_seed(2)
+    eps = base.rsample()
+    assert (z - eps).abs().mean() > 0.05
+    # q scores its own sample (planar / radial have no inverse, only a cache of the forward pass)
+    assert (q.log_prob(z) - base.log_prob(z)).abs().mean() > 0.05
+
+
+@pytest.mark.parametrize("kind", ["coupling", "iaf"])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_permutations_between_coupling_and_iaf_layers(kind, num_layers):
+    family = make_family(kind, context_dim=CONTEXT_DIM, dim=DIM, num_layers=num_layers)
+    kinds = ["perm" if isinstance(t, T.Permute) else "layer" for t in family._all]
+    assert kinds == ["layer", "perm"] * (num_layers - 1) + ["layer"]
+    for t in family._all:
+        if isinstance(t, T.Permute):
+            assert t.permutation.tolist() == list(range(DIM - 1, -1, -1))
+
+
+def test_coupling_transforms_every_coordinate_thanks_to_the_permutation():
+    """A coupling layer leaves its first half untouched; with the reversal in between, two layers touch all."""
+    h = torch.randn(CONTEXT_DIM, dtype=torch.double)
+    one = build("coupling", num_layers=1)
+    eps = one.base(h).sample()
+    z1, _ = push(one, h, eps)
+    half = DIM // 2
+    assert torch.equal(z1[:half], eps[:half])
+    assert (z1[half:] - eps[half:]).abs().min() > 1e-4
+    two = build("coupling", num_layers=2)
+    eps = two.base(h).sample()
+    z2, _ = push(two, h, eps)
+    # after layer, reverse, layer: the output (in reversed order) moved in every coordinate
+    assert (z2.flip(-1) - eps).abs().min() > 1e-4
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_fresh_flow_has_the_requested_trainable_layers(kind):
+    family = make_family(kind, context_dim=CONTEXT_DIM, dim=DIM, num_layers=LAYERS)
+    learnable = [t for t in family._all if not isinstance(t, T.Permute)]
+    assert len(learnable) == LAYERS
+    assert sum(p.numel() for p in family.transforms.parameters()) > 0
+    assert all(any(True for _ in t.parameters()) for t in learnable)
