@@ -4,8 +4,16 @@ The ``slow`` marker is registered in ``pyproject.toml`` (``[tool.pytest.ini_opti
 Pyro's validation is left at its default.
 """
 
+import os
+
 import pyro
 import pytest
+import torch
+
+# The tests use tiny networks, for which intra-op threads cost more than they give (much
+# more on a shared machine); set OMP_NUM_THREADS to choose another count.
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -96,6 +96,16 @@ def _linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
     return [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
 
 
+def _copy_linears(src: list, dst: list) -> None:
+    if len(src) != len(dst):
+        raise ValueError(f"the two networks have {len(src)} and {len(dst)} Linear layers")
+    for a, b in zip(src, dst):
+        if a.weight.shape != b.weight.shape:
+            raise ValueError(f"layer shapes differ: {tuple(a.weight.shape)} vs {tuple(b.weight.shape)}")
+        b.weight.copy_(a.weight)
+        b.bias.copy_(a.bias)
+
+
 @torch.no_grad()
 def copy_library_weights(ref, model, guide) -> None:
     """Copy the library VAE's weights into a :class:`reference_vae.ReferenceVAE` (layer by layer).
@@ -103,14 +113,15 @@ def copy_library_weights(ref, model, guide) -> None:
     Encoder: the guide's Linear layers in order (784-300, 300-300, then the family's 300-80 head);
     decoder: the model's decoder Linear layers (40-300, 300-300, 300-784). Shapes are checked.
     """
-    pairs = list(zip(_linears(guide), _linears(ref.encoder))) + list(zip(_linears(model.decoder), _linears(ref.decoder)))
-    if len(_linears(guide)) != len(_linears(ref.encoder)) or len(_linears(model.decoder)) != len(_linears(ref.decoder)):
-        raise ValueError("the library VAE and the reference VAE do not have the same layers")
-    for src, dst in pairs:
-        if src.weight.shape != dst.weight.shape:
-            raise ValueError(f"layer shapes differ: {tuple(src.weight.shape)} vs {tuple(dst.weight.shape)}")
-        dst.weight.copy_(src.weight)
-        dst.bias.copy_(src.bias)
+    _copy_linears(_linears(guide), _linears(ref.encoder))
+    _copy_linears(_linears(model.decoder), _linears(ref.decoder))
+
+
+@torch.no_grad()
+def copy_reference_weights(model, guide, ref) -> None:
+    """The inverse of :func:`copy_library_weights`: reference VAE -> library model and guide."""
+    _copy_linears(_linears(ref.encoder), _linears(guide))
+    _copy_linears(_linears(ref.decoder), _linears(model.decoder))
 
 
 def summarize(values) -> dict:

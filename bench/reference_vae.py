@@ -98,6 +98,16 @@ def train_epoch(model, optimizer, x: torch.Tensor, batch_size: int, generator: t
 
 
 @torch.no_grad()
+def validation_loss(model: ReferenceVAE, x: torch.Tensor, batch_size: int) -> float:
+    """Mean negative ELBO (one draw per image) over ``x``, in evaluation mode."""
+    was_training = model.training
+    model.eval()
+    total = sum(model.loss(x[i : i + batch_size]).item() * len(x[i : i + batch_size]) for i in range(0, len(x), batch_size))
+    model.train(was_training)
+    return total / len(x)
+
+
+@torch.no_grad()
 def importance_log_px(
     model: ReferenceVAE,
     x: torch.Tensor,
@@ -162,6 +172,7 @@ def main(argv=None) -> dict:
     p.add_argument("--latent-dim", type=int, default=common.LATENT_DIM)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--data-dir", default=None, help="folder holding binarized_mnist.npz (default $PYRO_GEN_DATA or /work/shared/data)")
+    p.add_argument("--no-valid", action="store_true", help="score the last epoch instead of the best on the validation split")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -170,17 +181,31 @@ def main(argv=None) -> dict:
     # a different stream for the test subset (the test set is sorted by digit)
     x_test, _ = common.load_binarized_mnist("test", args.test_size, seed=args.seed + 1, data_dir=args.data_dir)
 
+    # the validation split picks the epoch whose weights are scored, as the library's trainer does (best.pt)
+    x_valid = None if args.no_valid else common.load_binarized_mnist("valid", None, seed=args.seed, data_dir=args.data_dir)[0]
+
     torch.manual_seed(args.seed)
     model = ReferenceVAE(latent_dim=args.latent_dim, hidden=common.HIDDEN)
     optimizer = make_optimizer(model, args.lr)
-    history, seconds = [], []
+    history, seconds, valid_history = [], [], []
+    best_valid, best_state, best_epoch = math.inf, None, args.epochs
     for epoch in range(args.epochs):
         shuffle = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch)
         t0 = time.perf_counter()
         loss = train_epoch(model, optimizer, x_train, args.batch_size, shuffle)
         seconds.append(time.perf_counter() - t0)
         history.append(loss)
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {loss:.3f} nats, {seconds[-1]:.1f} s", flush=True)
+        line = f"epoch {epoch + 1}/{args.epochs}: train loss {loss:.3f} nats, {seconds[-1]:.1f} s"
+        if x_valid is not None:
+            valid_loss = validation_loss(model, x_valid, args.batch_size)
+            valid_history.append(valid_loss)
+            line += f", valid loss {valid_loss:.3f}"
+            if valid_loss < best_valid:
+                best_valid, best_epoch = valid_loss, epoch + 1
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        print(line, flush=True)
+    if best_state is not None:
+        model.load_state_dict(best_state)
 
     t0 = time.perf_counter()
     log_px, elbo = importance_log_px(model, x_test, args.nll_samples, args.chunk_size, seed=args.seed)
@@ -196,6 +221,8 @@ def main(argv=None) -> dict:
         "train_size": len(x_train),
         "test_size": len(x_test),
         "train_loss": history,
+        "valid_loss": valid_history,
+        "scored_epoch": best_epoch,
         "nll_seconds": nll_seconds,
         "chunk_size": args.chunk_size,
         "batch_size": args.batch_size,

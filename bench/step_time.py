@@ -159,6 +159,30 @@ def run(threads: int, args) -> dict:
     return {"threads": threads, "times": times, "agreement": (diff, lib_loss, ref_loss), "source": source}
 
 
+def table_row(result: dict, seed: int) -> list:
+    t = result["times"]
+    s = {k: common.summarize(v) for k, v in t.items()}
+
+    def cell(k):
+        return f"{s[k]['median_ms']:.3f} ({s[k]['iqr_ms']:.3f})"
+
+    def ratio(k):
+        lo, hi = common.bootstrap_ratio_ci(t[k], t["torch"], seed=seed)
+        return f"{s[k]['median_ms'] / s['torch']['median_ms']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    lib_ratio = s["library"]["median_ms"] / s["torch"]["median_ms"]
+    return [
+        result["threads"],
+        cell("torch"),
+        cell("library"),
+        ratio("library"),
+        ratio("library + loop"),
+        cell("Pyro SVI"),
+        ratio("Pyro SVI"),
+        "yes" if lib_ratio <= TARGET else "**no**",
+    ]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch.set_num_threads value(s); one table row each")
@@ -171,32 +195,7 @@ def main(argv=None):
     results = [run(t, args) for t in args.threads]
 
     print(common.header("Training-step time: library VAE vs hand-written PyTorch"))
-    rows, verdicts = [], []
-    for r in results:
-        t = r["times"]
-        s = {k: common.summarize(v) for k, v in t.items()}
-
-        def cell(k):
-            return f"{s[k]['median_ms']:.3f} ({s[k]['iqr_ms']:.3f})"
-
-        def ratio(k):
-            lo, hi = common.bootstrap_ratio_ci(t[k], t["torch"], seed=args.seed)
-            return f"{s[k]['median_ms'] / s['torch']['median_ms']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-        lib_ratio = s["library"]["median_ms"] / s["torch"]["median_ms"]
-        verdicts.append(lib_ratio <= TARGET)
-        rows.append(
-            [
-                r["threads"],
-                cell("torch"),
-                cell("library"),
-                ratio("library"),
-                ratio("library + loop"),
-                cell("Pyro SVI"),
-                ratio("Pyro SVI"),
-                "yes" if lib_ratio <= TARGET else "**no**",
-            ]
-        )
+    rows = [table_row(r, args.seed) for r in results]
     print(
         common.markdown_table(
             [

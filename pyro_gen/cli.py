@@ -116,7 +116,9 @@ def main(argv=None) -> int:
             from pyro_gen.run import evaluate_run
 
             m = evaluate_run(args.run_dir, nll_samples=args.nll_samples, device=args.device, figures=False if args.no_figures else None)
-            print(f"test NLL {m['test_nll']:.3f} nats (K={m['nll_samples']}), test ELBO {m['test_elbo']:.3f}, active units {m['active_units']}")
+            print(
+                f"test NLL {m['test_nll']:.3f} nats (K={m['nll_samples']}), test ELBO {m['test_elbo']:.3f}, active units {m['active_units']}"
+            )
         elif args.command == "sample":
             from pyro_gen.run import sample_run
 

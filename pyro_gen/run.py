@@ -166,7 +166,9 @@ def evaluate_run(run_dir, nll_samples: int | None = None, device=None, figures: 
     k = nll_samples or config.eval.nll_samples
     test = splits["test"]
     x = fixed_test_data(test, config.data.seed)
-    scores = evaluate(model, guide, x, num_samples=k, chunk_size=config.eval.chunk_size, seed=config.train.seed, progress=config.train.progress)
+    scores = evaluate(
+        model, guide, x, num_samples=k, chunk_size=config.eval.chunk_size, seed=config.train.seed, progress=config.train.progress
+    )
     training = json.loads((run_dir / "training.json").read_text()) if (run_dir / "training.json").exists() else {}
     metrics = {
         "test_nll": scores["nll"],

@@ -33,10 +33,7 @@ SPLITS = ("train", "valid", "test")
 SPLIT_SIZES = {"train": 50000, "valid": 10000, "test": 10000}
 
 #: Hugo Larochelle's original text files (784 space-separated 0/1 per line).
-AMAT_URL = (
-    "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
-    "binarized_mnist_{split}.amat"
-)
+AMAT_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
 #: sha256 and size of the ``.amat`` files, as published by TensorFlow Datasets in
 #: ``tensorflow_datasets/url_checksums/binarized_mnist.txt``.
 AMAT_SHA256 = {
@@ -72,12 +69,7 @@ def parse_amat(path: Path, rows: int) -> np.ndarray:
     raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     is_digit = raw >= ord("0")
     space = raw[~is_digit]
-    is_space = (
-        (space == ord(" "))
-        | (space == ord("\n"))
-        | (space == ord("\r"))
-        | (space == ord("\t"))
-    )
+    is_space = (space == ord(" ")) | (space == ord("\n")) | (space == ord("\r")) | (space == ord("\t"))
     if (raw > ord("1")).any() or not is_space.all():
         raise DataError(f"{path} holds characters other than 0, 1 and whitespace.")
     values = raw[is_digit] - ord("0")
@@ -108,21 +100,15 @@ def download(root: Path, progress: bool = True) -> Path:
                 progress=progress,
             )
             arrays[split] = parse_amat(amat, SPLIT_SIZES[split])
-        arrays["test_labels"] = np.repeat(
-            np.arange(10, dtype=np.uint8), MNIST_TEST_DIGIT_COUNTS
-        )
+        arrays["test_labels"] = np.repeat(np.arange(10, dtype=np.uint8), MNIST_TEST_DIGIT_COUNTS)
         for key, expected in CONTENT_MD5.items():
-            check_array(
-                arrays[key], expected, f"array {key!r} converted from {AMAT_URL}"
-            )
+            check_array(arrays[key], expected, f"array {key!r} converted from {AMAT_URL}")
         return write_npz(root / FILENAME, arrays)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def load(
-    split: str, location: DataLocation, download_missing: bool = False
-) -> ArrayData:
+def load(split: str, location: DataLocation, download_missing: bool = False) -> ArrayData:
     """Load one split (see :func:`pyro_gen.data.load_dataset`)."""
     location.require(NAME, create=download_missing)
     path = location.root / FILENAME
@@ -133,9 +119,7 @@ def load(
     keys = [split, "test_labels"] if split == "test" else [split]
     arrays = read_npz(path, keys)
     for key, a in arrays.items():
-        shape = (
-            (SPLIT_SIZES[split],) if key == "test_labels" else (SPLIT_SIZES[split], 784)
-        )
+        shape = (SPLIT_SIZES[split],) if key == "test_labels" else (SPLIT_SIZES[split], 784)
         if a.dtype != np.uint8 or a.shape != shape:
             raise ChecksumError(
                 f"Array {key!r} of {path} is {a.dtype} {a.shape}, expected uint8 {shape}: "
@@ -144,6 +128,4 @@ def load(
         verify_array(path, key, a, CONTENT_MD5[key])
     x = torch.from_numpy(arrays[split].reshape(-1, 1, 28, 28)).to(torch.float32)
     y = torch.from_numpy(arrays["test_labels"]).long() if split == "test" else None
-    return ArrayData(
-        x, y, name=NAME, split=split, binarization="static", source=str(path)
-    )
+    return ArrayData(x, y, name=NAME, split=split, binarization="static", source=str(path))

@@ -54,9 +54,7 @@ def _file_key(path: Path, *what: object) -> tuple:
     return (os.path.realpath(path), st.st_mtime_ns, st.st_size, *what)
 
 
-def _mismatch(
-    path: Path, what: str, algorithm: str, expected: str, actual: str
-) -> ChecksumError:
+def _mismatch(path: Path, what: str, algorithm: str, expected: str, actual: str) -> ChecksumError:
     return ChecksumError(
         f"Checksum mismatch for {path} ({what}): expected {algorithm} {expected}, "
         f"got {actual}. The file is corrupt, incomplete or not the published one. "
@@ -64,9 +62,7 @@ def _mismatch(
     )
 
 
-def verify_file(
-    path: str | os.PathLike, md5: str | None = None, sha256: str | None = None
-) -> None:
+def verify_file(path: str | os.PathLike, md5: str | None = None, sha256: str | None = None) -> None:
     """Check a file against its published md5 and/or sha256 (cached per process).
 
     :raises ChecksumError: a digest differs; the message names the file and both digests.
@@ -99,9 +95,7 @@ def check_array(array: np.ndarray, md5: str, what: str) -> None:
         )
 
 
-def verify_array(
-    path: str | os.PathLike, key: str, array: np.ndarray, md5: str
-) -> None:
+def verify_array(path: str | os.PathLike, key: str, array: np.ndarray, md5: str) -> None:
     """Check the content md5 of array ``key`` loaded from ``path`` (cached per process).
 
     :param path: file the array came from (used for the cache key and the message).

@@ -69,22 +69,15 @@ class ArrayData(Dataset):
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or not self.x.is_floating_point():
-            raise DataError(
-                f"ArrayData.x must be a floating-point tensor, got {type(self.x)}."
-            )
+            raise DataError(f"ArrayData.x must be a floating-point tensor, got {type(self.x)}.")
         if self.x.dim() < 2:
-            raise DataError(
-                f"ArrayData.x must have a batch dimension, got shape {tuple(self.x.shape)}."
-            )
+            raise DataError(f"ArrayData.x must have a batch dimension, got shape {tuple(self.x.shape)}.")
         if self.y is not None and (self.y.dim() != 1 or len(self.y) != len(self.x)):
             raise DataError(
-                f"ArrayData.y must be 1-D with one label per row of x: x has {len(self.x)} "
-                f"rows, y has shape {tuple(self.y.shape)}."
+                f"ArrayData.y must be 1-D with one label per row of x: x has {len(self.x)} rows, y has shape {tuple(self.y.shape)}."
             )
         if self.binarization not in BINARIZATIONS:
-            raise DataError(
-                f"Unknown binarization {self.binarization!r}; expected one of {BINARIZATIONS}."
-            )
+            raise DataError(f"Unknown binarization {self.binarization!r}; expected one of {BINARIZATIONS}.")
 
     def __len__(self) -> int:
         return len(self.x)
@@ -105,9 +98,7 @@ class ArrayData(Dataset):
         """Shape of one item, e.g. ``(1, 28, 28)`` or ``(2,)``."""
         return tuple(self.x.shape[1:])
 
-    def transform_batch(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def transform_batch(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Apply the per-draw transform to a batch taken from :attr:`x`.
 
         :param x: values indexed from :attr:`x`.
@@ -146,9 +137,7 @@ class ArrayData(Dataset):
             order = torch.arange(n, device=self.x.device)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
-            yield self.transform_batch(
-                self.x[order[start : start + batch_size]], generator
-            )
+            yield self.transform_batch(self.x[order[start : start + batch_size]], generator)
 
     def subset(self, n: int, seed: int = 0) -> ArrayData:
         """A seeded uniformly random subset of ``n`` rows, drawn without replacement.
@@ -167,10 +156,7 @@ class ArrayData(Dataset):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise DataError(f"Subset size must be a non-negative integer, got {n!r}.")
         if n > total:
-            raise DataError(
-                f"Cannot take a subset of {n} items from {self.name!r} split {self.split!r}, "
-                f"which has only {total}."
-            )
+            raise DataError(f"Cannot take a subset of {n} items from {self.name!r} split {self.split!r}, which has only {total}.")
         rng = np.random.default_rng(check_seed(seed))
         index = torch.from_numpy(np.sort(rng.permutation(total)[:n])).to(self.x.device)
         return replace(
@@ -183,9 +169,7 @@ class ArrayData(Dataset):
 
     def to(self, device: torch.device | str) -> ArrayData:
         """A copy with :attr:`x` and :attr:`y` moved to ``device``."""
-        return replace(
-            self, x=self.x.to(device), y=None if self.y is None else self.y.to(device)
-        )
+        return replace(self, x=self.x.to(device), y=None if self.y is None else self.y.to(device))
 
     def protocol(self) -> dict[str, Any]:
         """The facts needed to reproduce or report this data, as a plain dict.
@@ -224,11 +208,7 @@ def apply_binarization(data: ArrayData, binarize: str | None) -> ArrayData:
     if binarize is None:
         return data
     if binarize == "threshold":
-        return replace(
-            data, x=(data.x > 0.5).to(data.x.dtype), binarization="threshold"
-        )
+        return replace(data, x=(data.x > 0.5).to(data.x.dtype), binarization="threshold")
     if binarize == "dynamic":
         return replace(data, binarization="dynamic")
-    raise DataError(
-        f"Unknown binarize={binarize!r}; expected None, 'threshold' or 'dynamic'."
-    )
+    raise DataError(f"Unknown binarize={binarize!r}; expected None, 'threshold' or 'dynamic'.")

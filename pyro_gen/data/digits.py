@@ -29,19 +29,12 @@ def load(split: str) -> ArrayData:
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
-        raise DataError(
-            "The 'digits' dataset is read from scikit-learn, which is not installed "
-            "(pip install scikit-learn)."
-        ) from err
+        raise DataError("The 'digits' dataset is read from scikit-learn, which is not installed (pip install scikit-learn).") from err
     bunch = load_digits()
     images, target = np.asarray(bunch.images), np.asarray(bunch.target)
     if images.shape != (1797, 8, 8) or not np.isfinite(images).all():
-        raise DataError(
-            f"scikit-learn's digits have shape {images.shape}, expected (1797, 8, 8)."
-        )
+        raise DataError(f"scikit-learn's digits have shape {images.shape}, expected (1797, 8, 8).")
     index = seeded_split(len(images), SPLIT_SIZES, SPLIT_SEED, _PERMUTATION_MD5)[split]
     x = torch.from_numpy(images[index] / 16.0).to(torch.float32).unsqueeze(1)
     y = torch.from_numpy(target[index]).long()
-    return ArrayData(
-        x, y, name=NAME, split=split, source="sklearn.datasets.load_digits"
-    )
+    return ArrayData(x, y, name=NAME, split=split, source="sklearn.datasets.load_digits")

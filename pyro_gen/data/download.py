@@ -26,9 +26,7 @@ def _progress_bar(total: int | None, desc: str, enabled: bool):
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
 
 
-def _stream(
-    url: str, out, hashers: list, desc: str, progress: bool, timeout: float
-) -> None:
+def _stream(url: str, out, hashers: list, desc: str, progress: bool, timeout: float) -> None:
     """Copy the body of ``url`` into the open file ``out``, updating ``hashers``."""
     with urllib.request.urlopen(url, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
@@ -82,9 +80,7 @@ def download_file(
     if sha256 is not None:
         hashers["sha256"] = (hashlib.sha256(), sha256.lower())
 
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{dest.name}.", suffix=".part", dir=dest.parent
-    )
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -101,8 +97,7 @@ def download_file(
                 # URLError, HTTPError, timeouts and connection resets are OSErrors;
                 # a malformed URL is a ValueError; a cut-off body is an HTTPException.
                 raise DataNotFoundError(
-                    f"Could not download {url}: {err}. Check the network connection "
-                    f"(and proxy settings) and try again; nothing was saved."
+                    f"Could not download {url}: {err}. Check the network connection (and proxy settings) and try again; nothing was saved."
                 ) from err
         for algorithm, (h, expected) in hashers.items():
             actual = h.hexdigest()

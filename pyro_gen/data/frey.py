@@ -73,9 +73,7 @@ def download(root: Path, progress: bool = True) -> Path:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def load(
-    split: str, location: DataLocation, download_missing: bool = False
-) -> ArrayData:
+def load(split: str, location: DataLocation, download_missing: bool = False) -> ArrayData:
     """Load one split (see :func:`pyro_gen.data.load_dataset`)."""
     location.require(NAME, create=download_missing)
     path = location.root / FILENAME

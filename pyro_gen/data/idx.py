@@ -42,13 +42,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         OSError,
         EOFError,
     ) as err:  # gzip raises BadGzipFile (an OSError) or EOFError
-        raise DataError(
-            f"Cannot read {path}: {err}. Delete it and download it again."
-        ) from err
+        raise DataError(f"Cannot read {path}: {err}. Delete it and download it again.") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(
-            f"{path} is not an IDX file (bad magic number {raw[:4].hex()})."
-        )
+        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()}).")
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))

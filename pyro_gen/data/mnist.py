@@ -82,9 +82,7 @@ def _read(name: str, path: Path, n: int, kind: str) -> np.ndarray:
             f"the published file; delete it and download it again."
         )
     if kind == "labels" and data.max(initial=0) > 9:
-        raise DataError(
-            f"{path} holds labels above 9; delete it and download it again."
-        )
+        raise DataError(f"{path} holds labels above 9; delete it and download it again.")
     return data
 
 
@@ -107,18 +105,14 @@ def download(name: str, root: Path) -> None:
     try:
         # One call fetches all four files (train and test) and checks their md5s.
         cls(root=str(root), train=True, download=True)
-    except (
-        RuntimeError
-    ) as err:  # torchvision's "Error downloading ..." after all mirrors
+    except RuntimeError as err:  # torchvision's "Error downloading ..." after all mirrors
         raise DataNotFoundError(
             f"Could not download {name!r} with torchvision: {err}. Check the network "
             f"connection, or copy the files into {root / folder / 'raw'}."
         ) from err
 
 
-def load(
-    name: str, split: str, location: DataLocation, download_missing: bool = False
-) -> ArrayData:
+def load(name: str, split: str, location: DataLocation, download_missing: bool = False) -> ArrayData:
     """Load one split of ``mnist`` or ``fashion_mnist`` as grayscale in ``[0, 1]``."""
     location.require(name, create=download_missing)
     prefix = "t10k" if split == "test" else "train"
@@ -130,9 +124,7 @@ def load(
     if None in paths:
         looked = [p for f in files for p in _candidates(name, location.root, f)]
         folder = _SOURCES[name][0]
-        raise not_found_error(
-            name, split, location, looked, [f"{folder}/raw/{f}" for f in files]
-        )
+        raise not_found_error(name, split, location, looked, [f"{folder}/raw/{f}" for f in files])
     n = 10000 if split == "test" else 60000
     images = _read(name, paths[0], n, "images")
     labels = _read(name, paths[1], n, "labels")

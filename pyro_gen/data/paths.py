@@ -76,9 +76,7 @@ class DataLocation:
         :raises DataError: the path exists but is not a directory.
         """
         if self.root.exists() and not self.root.is_dir():
-            raise DataError(
-                f"The data directory {self.root} ({self.origin}) is a file, not a directory."
-            )
+            raise DataError(f"The data directory {self.root} ({self.origin}) is a file, not a directory.")
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():

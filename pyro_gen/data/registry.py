@@ -49,9 +49,7 @@ _REGISTRY: dict[str, _Spec] = {
     ),
     "mnist": _Spec(_mnist_loader("mnist"), _GRAYSCALE),
     "fashion_mnist": _Spec(_mnist_loader("fashion_mnist"), _GRAYSCALE),
-    "frey_faces": _Spec(
-        lambda split, loc, dl, n, seed: frey.load(split, loc, dl), _GRAYSCALE
-    ),
+    "frey_faces": _Spec(lambda split, loc, dl, n, seed: frey.load(split, loc, dl), _GRAYSCALE),
     "digits": _Spec(
         lambda split, loc, dl, n, seed: digits.load(split),
         _GRAYSCALE,
@@ -69,9 +67,7 @@ def dataset_names() -> list[str]:
 
 def _spec(name: str) -> _Spec:
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise DataError(
-            f"Unknown dataset {name!r}. Known datasets: {', '.join(dataset_names())}."
-        )
+        raise DataError(f"Unknown dataset {name!r}. Known datasets: {', '.join(dataset_names())}.")
     return _REGISTRY[name]
 
 
@@ -116,14 +112,9 @@ def load_dataset(
     """
     spec = _spec(name)
     if split not in spec.splits:
-        raise DataError(
-            f"Unknown split {split!r} for dataset {name!r}. Valid splits: {', '.join(spec.splits)}."
-        )
+        raise DataError(f"Unknown split {split!r} for dataset {name!r}. Valid splits: {', '.join(spec.splits)}.")
     if binarize not in spec.binarize:
-        raise DataError(
-            f"binarize={binarize!r} is not available for {name!r}; choose one of "
-            f"{', '.join(map(repr, spec.binarize))}."
-        )
+        raise DataError(f"binarize={binarize!r} is not available for {name!r}; choose one of {', '.join(map(repr, spec.binarize))}.")
     location = DataLocation.resolve(data_dir)
     data = spec.load(split, location, download, n, seed)
     if n is not None and not spec.generated:

@@ -9,9 +9,7 @@ import numpy as np
 from pyro_gen.errors import DataError
 
 
-def seeded_split(
-    n_total: int, sizes: dict[str, int], seed: int, expected_md5: str | None = None
-) -> dict[str, np.ndarray]:
+def seeded_split(n_total: int, sizes: dict[str, int], seed: int, expected_md5: str | None = None) -> dict[str, np.ndarray]:
     """Split ``range(n_total)`` by a seeded shuffle into consecutive blocks.
 
     The permutation is ``numpy.random.default_rng(seed).permutation(n_total)``;

@@ -27,8 +27,7 @@ def check_finite(array: np.ndarray, what: str) -> None:
     if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
         bad = int(array.size - np.isfinite(array).sum())
         raise DataError(
-            f"{what} contains {bad} NaN or infinite values. The file is corrupt or not "
-            f"the published data; delete it and download it again."
+            f"{what} contains {bad} NaN or infinite values. The file is corrupt or not the published data; delete it and download it again."
         )
 
 
@@ -46,9 +45,7 @@ def read_npz(path: Path, keys: Iterable[str]) -> dict[str, np.ndarray]:
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DataError(
-                f"{path} is a single .npy array, not an .npz archive. {fix}"
-            )
+            raise DataError(f"{path} is a single .npy array, not an .npz archive. {fix}")
         with archive:
             missing = [k for k in keys if k not in archive.files]
             if missing:
@@ -70,9 +67,7 @@ def read_npz(path: Path, keys: Iterable[str]) -> dict[str, np.ndarray]:
     ) as err:
         # A truncated or garbage file surfaces as any of these, depending on
         # where the damage is (zip directory, member header, compressed stream).
-        raise DataError(
-            f"Cannot read {path}: it is corrupt or not an .npz file ({err}). {fix}"
-        ) from err
+        raise DataError(f"Cannot read {path}: it is corrupt or not an .npz file ({err}). {fix}") from err
     for k, a in arrays.items():
         check_finite(a, f"Array {k!r} of {path}")
     return arrays
@@ -86,9 +81,7 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
     would trip over.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".part", dir=path.parent
-    )
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:

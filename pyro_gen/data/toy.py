@@ -43,9 +43,7 @@ def toy_modes(name: str) -> tuple[torch.Tensor, float]:
     :raises DataError: unknown name.
     """
     if name not in _MODES:
-        raise DataError(
-            f"Unknown toy dataset {name!r}; known toys: {', '.join(NAMES)}."
-        )
+        raise DataError(f"Unknown toy dataset {name!r}; known toys: {', '.join(NAMES)}.")
     centers, std = _MODES[name]
     return torch.tensor(centers, dtype=torch.float32), std
 
@@ -61,14 +59,10 @@ def load(name: str, split: str, n: int | None = None, seed: int = 0) -> ArrayDat
     seed = check_seed(seed)
     n = DEFAULT_SIZES[split] if n is None else n
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise DataError(
-            f"The number of points n must be a positive integer, got {n!r}."
-        )
+        raise DataError(f"The number of points n must be a positive integer, got {n!r}.")
     rng = np.random.default_rng([seed, _SPLIT_CODES[split], _NAME_CODES[name]])
     labels = rng.integers(len(centers), size=n)
-    points = centers.numpy().astype(np.float64)[labels] + std * rng.standard_normal(
-        (n, 2)
-    )
+    points = centers.numpy().astype(np.float64)[labels] + std * rng.standard_normal((n, 2))
     return ArrayData(
         torch.from_numpy(points).to(torch.float32),
         torch.from_numpy(labels).long(),

@@ -73,7 +73,9 @@ def _with_fixed_globals(model, guide, x):
 
 
 @torch.no_grad()
-def log_likelihood(model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int | None = 0, progress: bool = False) -> LikelihoodResult:
+def log_likelihood(
+    model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int | None = 0, progress: bool = False
+) -> LikelihoodResult:
     """Importance-sampled ``log p(x)`` per datapoint with ``num_samples`` draws from the guide.
 
     :param x: data ``(N, *data_shape)`` (moved to the model's device batch by batch).
@@ -142,7 +144,9 @@ def _local_values(model_trace, guide_trace, k: int, b: int) -> torch.Tensor:
     return torch.cat(parts, -1)
 
 
-def evaluate(model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int = 0, progress: bool = False) -> dict:
+def evaluate(
+    model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int = 0, progress: bool = False
+) -> dict:
     """Test scores in nats per datapoint: ``nll``, ``elbo``, ``reconstruction``, ``kl``, ``active_units``, with ``nll_samples`` and ``n``."""
     was_training = [model.training, guide.training]
     model.eval(), guide.eval()

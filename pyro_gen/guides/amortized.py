@@ -30,7 +30,9 @@ class AmortizedGuide(nn.Module):
     :param str name: the guide's name as given to :func:`make_guide`, for tables and run directories.
     """
 
-    def __init__(self, model: LatentModel, encoder: nn.Module, families: list[nn.Module], global_guide: str = "normal", name: str = "custom"):
+    def __init__(
+        self, model: LatentModel, encoder: nn.Module, families: list[nn.Module], global_guide: str = "normal", name: str = "custom"
+    ):
         super().__init__()
         self.encoder = encoder
         self.families = nn.ModuleList(families)
@@ -46,7 +48,10 @@ class AmortizedGuide(nn.Module):
             auto = {"normal": AutoNormal, "delta": AutoDelta}.get(global_guide)
             if auto is None:
                 raise ConfigError(f"unknown global guide {global_guide!r}; choose 'normal' or 'delta'")
-            self.global_guide = auto(exposed)
+            # the trainer and the evaluator run under module-local params; a PyroModule built outside
+            # that setting lacks the parameter state it needs to enter it
+            with pyro.settings.context(module_local_params=True):
+                self.global_guide = auto(exposed)
 
     def posterior(self, x: torch.Tensor) -> list[dist.TorchDistribution]:
         """q(z | x) for each local latent, as distributions over the latents' shapes (no Pyro sites)."""

@@ -76,11 +76,26 @@ class Flow(nn.Module):
         self.dim = dim
         self.base = DiagonalNormal(context_dim, dim)
         self.transforms = nn.ModuleList([t for t in transforms if isinstance(t, nn.Module)])
-        self._all = transforms
+        # permutations are plain transforms, not modules: keep their indices as buffers so that
+        # .to(device) moves them, and rebuild the (cheap) Permute objects on each call
+        self._plan: list = []
+        for t in transforms:
+            if isinstance(t, T.Permute):
+                self.register_buffer(f"perm_{len(self._plan)}", t.permutation.clone(), persistent=False)
+                self._plan.append(("perm", f"perm_{len(self._plan)}"))
+            elif isinstance(t, nn.Module):
+                self._plan.append(("module", t))
+            else:
+                raise TypeError(f"Flow takes conditional transform modules and Permute transforms, got {type(t).__name__}")
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
-        conditioned = [t.condition(h) if hasattr(t, "condition") else t for t in self._all]
-        return dist.TransformedDistribution(self.base(h), conditioned)
+        steps = []
+        for kind, item in self._plan:
+            if kind == "perm":
+                steps.append(T.Permute(getattr(self, item)))
+            else:
+                steps.append(item.condition(h) if hasattr(item, "condition") else item)
+        return dist.TransformedDistribution(self.base(h), steps)
 
 
 def _reverse(dim: int) -> T.Permute:

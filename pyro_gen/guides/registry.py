@@ -32,7 +32,9 @@ def parse_guide_name(name: str) -> tuple[str, int]:
     return kind, int(count)
 
 
-def make_guide(name: str, model, encoder=None, context_dim: int | None = None, hidden=(300, 300), net: str = "mlp", global_guide: str = "normal") -> AmortizedGuide:
+def make_guide(
+    name: str, model, encoder=None, context_dim: int | None = None, hidden=(300, 300), net: str = "mlp", global_guide: str = "normal"
+) -> AmortizedGuide:
     """Build the guide called ``name`` for ``model``.
 
     :param name: ``normal``, ``planar:K``, ``radial:K``, ``coupling:K`` or ``iaf:K``.

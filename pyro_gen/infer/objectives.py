@@ -25,7 +25,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from pyro_gen.errors import ConfigError
-from pyro_gen.infer.traces import get_traces, latent_sites, reduce_site, trace_terms
+from pyro_gen.infer.traces import auxiliary_sites, get_traces, latent_sites, plate_full_size, reduce_site, trace_terms
 
 
 class TraceObjective:
@@ -116,14 +116,14 @@ class ELBO(TraceObjective):
     def loss(self, model_trace, guide_trace):
         recon_l, kl_l, kl_g, penalties = [], [], [], []
         batch_size = data_size = None
-        for name, msite in model_trace.nodes.items():
+        for _name, msite in model_trace.nodes.items():
             if msite["type"] != "sample" or not msite["is_observed"]:
                 continue
             value, local = reduce_site(msite, msite["fn"].log_prob(msite["value"]))
             recon_l.append(value)
             if local and batch_size is None:
                 batch_size = value.shape[-1]
-                data_size = next(f.size for f in msite["cond_indep_stack"] if f.name == "data")
+                data_size = next(plate_full_size(f) for f in msite["cond_indep_stack"] if f.name == "data")
         if batch_size is None:
             trace_terms(model_trace, guide_trace)  # raises the explanatory error
         for name in latent_sites(model_trace):
@@ -140,6 +140,11 @@ class ELBO(TraceObjective):
                     lam = self.free_bits * math.prod(gsite["fn"].event_shape)
                     mean = value.mean()
                     penalties.append(mean.clamp(min=lam) - mean)
+        for name in auxiliary_sites(guide_trace):
+            # e.g. an AutoNormal's "<name>_unconstrained": its log-density is part of log q
+            gsite = guide_trace.nodes[name]
+            value, local = reduce_site(gsite, gsite["fn"].log_prob(gsite["value"]))
+            (kl_l if local else kl_g).append(value)
         recon = sum(recon_l[1:], recon_l[0])
         zero_l, zero_g = recon.new_zeros(()), recon.new_zeros(recon.shape[0])
         kl_local = sum(kl_l, zero_l) if kl_l else recon.new_zeros(recon.shape)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from pyro_gen.errors import SiteMismatchError
 
@@ -38,6 +39,14 @@ def get_traces(model, guide, *args, num_particles: int = 1, **kwargs):
 def _frames(site):
     dims = {f.name: f for f in site["cond_indep_stack"]}
     return dims.get(PARTICLE_PLATE), dims.get(DATA_PLATE)
+
+
+def plate_full_size(frame) -> int:
+    """The size of the whole dataset a (possibly subsampled) plate frame stands for.
+
+    Pyro's frame ``size`` is the subsample's size; ``full_size`` is the plate's full size.
+    """
+    return frame.full_size if getattr(frame, "full_size", None) is not None else frame.size
 
 
 def reduce_site(site, log_prob: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -85,13 +94,23 @@ class TraceTerms:
 
 
 def latent_sites(model_trace) -> list[str]:
-    return [n for n, s in model_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
+    """Unobserved sample sites, without plates' subsample sites and auxiliary sites."""
+    return [n for n, s in model_trace.nodes.items() if _is_latent(s) and not s["infer"].get("is_auxiliary")]
+
+
+def _is_latent(site) -> bool:
+    return site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+
+
+def auxiliary_sites(guide_trace) -> list[str]:
+    """Guide-only auxiliary sites (e.g. an ``AutoNormal``'s ``<name>_unconstrained``): part of log q."""
+    return [n for n, s in guide_trace.nodes.items() if _is_latent(s) and s["infer"].get("is_auxiliary")]
 
 
 def check_sites(model_trace, guide_trace) -> None:
     """Raise :class:`SiteMismatchError` unless the guide samples exactly the model's latent sites."""
     model_latents = set(latent_sites(model_trace))
-    guide_sites = {n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
+    guide_sites = set(latent_sites(guide_trace))
     missing, extra = sorted(model_latents - guide_sites), sorted(guide_sites - model_latents)
     if missing or extra:
         parts = []
@@ -114,12 +133,12 @@ def trace_terms(model_trace, guide_trace) -> TraceTerms:
     lik, prior_l, q_l, prior_g, q_g = [], [], [], [], []
     batch_size = data_size = None
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample":
+        if site["type"] != "sample" or site_is_subsample(site):
             continue
         value, local = reduce_site(site, site["fn"].log_prob(site["value"]))
         if local and batch_size is None:
             frame = _frames(site)[1]
-            batch_size, data_size = value.shape[-1], frame.size
+            batch_size, data_size = value.shape[-1], plate_full_size(frame)
         if site["is_observed"]:
             # observed sites outside the data plate are conditioned global latents: prior terms
             (lik if local else prior_g).append(value)
@@ -129,6 +148,11 @@ def trace_terms(model_trace, guide_trace) -> TraceTerms:
             raise SiteMismatchError(f"the model's latent site {name!r} is not sampled by the guide")
         q_value, _ = reduce_site(gsite, gsite["fn"].log_prob(gsite["value"]))
         (prior_l if local else prior_g).append(value)
+        (q_l if local else q_g).append(q_value)
+
+    for name in auxiliary_sites(guide_trace):
+        gsite = guide_trace.nodes[name]
+        q_value, local = reduce_site(gsite, gsite["fn"].log_prob(gsite["value"]))
         (q_l if local else q_g).append(q_value)
 
     def total(terms, like):

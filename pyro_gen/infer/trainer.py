@@ -42,7 +42,14 @@ class TensorBatches:
     def __init__(self, x: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, transform=None, drop_last: bool = False):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.x, self.batch_size, self.shuffle, self.seed, self.transform, self.drop_last = x, batch_size, shuffle, seed, transform, drop_last
+        self.x, self.batch_size, self.shuffle, self.seed, self.transform, self.drop_last = (
+            x,
+            batch_size,
+            shuffle,
+            seed,
+            transform,
+            drop_last,
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -97,7 +104,11 @@ def rng_state() -> dict:
     state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(lambda v: v.item() if hasattr(v, "item") else v, np_state[2:])),
+        "numpy": (
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            *map(lambda v: v.item() if hasattr(v, "item") else v, np_state[2:]),
+        ),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()

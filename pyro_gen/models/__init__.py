@@ -1,7 +1,16 @@
 """Generative models as Pyro programs."""
 
 from pyro_gen.models.latent import Latent, LatentModel
-from pyro_gen.models.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace, Likelihood, Poisson, likelihood_names, make_likelihood
+from pyro_gen.models.likelihoods import (
+    Bernoulli,
+    ContinuousBernoulli,
+    Gaussian,
+    Laplace,
+    Likelihood,
+    Poisson,
+    likelihood_names,
+    make_likelihood,
+)
 from pyro_gen.models.vae import vae
 
 __all__ = [

@@ -88,8 +88,8 @@ class LatentModel(nn.Module):
     ``(batch, *data_shape)``; ``model(batch_size=n)`` generates ``n`` datapoints.
     ``data_size`` (the full dataset size) scales local terms when ``x`` is a minibatch
     of a model with global latents. The return value is the decoder output, shaped
-    ``batch + (params_per_value,) + data_shape`` (without the middle dimension when
-    the likelihood needs one parameter per value).
+    ``batch + data_shape`` when the likelihood needs one parameter per value, and
+    ``(params_per_value,) + batch + data_shape`` otherwise (e.g. a location and a scale).
 
     :param latents: the latent sites, :class:`Latent` objects.
     :param decoder: an ``nn.Module`` (or callable) taking the latents' values in order.
@@ -185,7 +185,11 @@ class LatentModel(nn.Module):
         self.likelihood.validate(x)
 
     def decode(self, *latent_values: torch.Tensor) -> torch.Tensor:
-        """Run the decoder and shape its output to ``batch + (params,) + data_shape``."""
+        """Run the decoder and shape its output to ``batch + data_shape``, or ``(params,) + batch + data_shape``.
+
+        The decoder's flat output per datapoint holds the first parameter of every value,
+        then the second (e.g. all locations, then all scales).
+        """
         out = self.decoder(*latent_values)
         local = next(i for i, lat in enumerate(self.latents) if lat.local)
         batch = latent_values[local].shape[: latent_values[local].dim() - len(self.latents[local].shape)]

@@ -19,9 +19,10 @@ class Likelihood(nn.Module):
     """Base class. Subclasses set :attr:`params_per_value` and implement :meth:`forward`.
 
     :attr:`params_per_value` is how many decoder outputs each data value needs (1 for
-    Bernoulli logits, 2 for a Gaussian whose scale the decoder also predicts). The
-    decoder's output is reshaped to ``batch + (params_per_value,) + data_shape`` when
-    it is larger than 1, stacked along the first non-batch dimension.
+    Bernoulli logits, 2 for a Gaussian whose scale the decoder also predicts). When it
+    is larger than 1, the decoder's output reaches :meth:`forward` shaped
+    ``(params_per_value,) + batch + data_shape``: ``params[0]``, ``params[1]``, ... are
+    the parameters (see :meth:`LatentModel.decode <pyro_gen.models.LatentModel.decode>`).
     """
 
     params_per_value = 1

@@ -15,7 +15,9 @@ from pyro_gen.models.likelihoods import make_likelihood
 from pyro_gen.nn import MLP, ConvDecoder
 
 
-def vae(data_shape, latent_dim: int = 40, hidden=(300, 300), net: str = "mlp", likelihood: str = "bernoulli", likelihood_scale="learned") -> LatentModel:
+def vae(
+    data_shape, latent_dim: int = 40, hidden=(300, 300), net: str = "mlp", likelihood: str = "bernoulli", likelihood_scale="learned"
+) -> LatentModel:
     """p(z) p(x | z) with a Normal prior and an MLP or transposed-conv decoder.
 
     :param data_shape: one datapoint's shape, e.g. ``(1, 28, 28)``.

@@ -109,26 +109,12 @@ def test_iter_batches_covers_each_row_once():
 
 def test_iter_batches_dynamic_draws():
     data = load_dataset("digits", "test", binarize="dynamic")
-    e1 = torch.cat(
-        list(
-            data.iter_batches(
-                64, shuffle=False, generator=torch.Generator().manual_seed(0)
-            )
-        )
-    )
-    e2 = torch.cat(
-        list(
-            data.iter_batches(
-                64, shuffle=False, generator=torch.Generator().manual_seed(0)
-            )
-        )
-    )
+    e1 = torch.cat(list(data.iter_batches(64, shuffle=False, generator=torch.Generator().manual_seed(0))))
+    e2 = torch.cat(list(data.iter_batches(64, shuffle=False, generator=torch.Generator().manual_seed(0))))
     assert torch.equal(e1, e2) and set(e1.unique().tolist()) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize(
-    ("name", "n_modes", "std"), [("ring8", 8, 0.02), ("grid25", 25, 0.05)]
-)
+@pytest.mark.parametrize(("name", "n_modes", "std"), [("ring8", 8, 0.02), ("grid25", 25, 0.05)])
 def test_toy_modes_and_samples(name, n_modes, std):
     centers, s = toy_modes(name)
     assert centers.shape == (n_modes, 2) and s == std
@@ -138,9 +124,7 @@ def test_toy_modes_and_samples(name, n_modes, std):
     for m in range(n_modes):
         pts = data.x[data.y == m]
         assert len(pts) > 20000 / n_modes * 0.8  # modes drawn uniformly
-        assert torch.allclose(
-            pts.mean(0), centers[m], atol=5 * std / math.sqrt(len(pts))
-        )
+        assert torch.allclose(pts.mean(0), centers[m], atol=5 * std / math.sqrt(len(pts)))
         assert torch.allclose(pts.std(0), torch.full((2,), std), rtol=0.15)
 
 

@@ -48,24 +48,16 @@ def test_download_file_bad_checksum_leaves_nothing(source, tmp_path):
     out = tmp_path / "out"
     wrong = "0" * 64
     with pytest.raises(ChecksumError) as err:
-        download_file(
-            source.as_uri(), out / "payload.bin", sha256=wrong, progress=False
-        )
+        download_file(source.as_uri(), out / "payload.bin", sha256=wrong, progress=False)
     msg = str(err.value)
-    assert (
-        "payload.bin" in msg
-        and wrong in msg
-        and hashlib.sha256(PAYLOAD).hexdigest() in msg
-    )
+    assert "payload.bin" in msg and wrong in msg and hashlib.sha256(PAYLOAD).hexdigest() in msg
     assert list(out.iterdir()) == []  # neither the file nor a temporary file
 
 
 def test_download_file_missing_url_leaves_nothing(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(DataNotFoundError, match="Could not download"):
-        download_file(
-            (tmp_path / "absent.bin").as_uri(), out / "absent.bin", progress=False
-        )
+        download_file((tmp_path / "absent.bin").as_uri(), out / "absent.bin", progress=False)
     assert list(out.iterdir()) == []
 
 
@@ -99,9 +91,7 @@ def test_binarized_mnist_download_and_conversion(shared_data, tmp_path, monkeypa
     with np.load(shared_data / "binarized_mnist.npz") as z:
         for split in ("train", "valid", "test"):
             _write_amat(z[split], src / f"binarized_mnist_{split}.amat")
-    monkeypatch.setattr(
-        binarized_mnist, "AMAT_URL", src.as_uri() + "/binarized_mnist_{split}.amat"
-    )
+    monkeypatch.setattr(binarized_mnist, "AMAT_URL", src.as_uri() + "/binarized_mnist_{split}.amat")
     data_dir = tmp_path / "data"
     test = load_dataset("binarized_mnist", "test", data_dir=data_dir, download=True)
     assert sorted(p.name for p in data_dir.iterdir()) == ["binarized_mnist.npz"]
@@ -114,9 +104,7 @@ def test_binarized_mnist_download_rejects_wrong_file(tmp_path, monkeypatch):
     src.mkdir()
     for split in ("train", "valid", "test"):
         (src / f"binarized_mnist_{split}.amat").write_text("0 1\n")
-    monkeypatch.setattr(
-        binarized_mnist, "AMAT_URL", src.as_uri() + "/binarized_mnist_{split}.amat"
-    )
+    monkeypatch.setattr(binarized_mnist, "AMAT_URL", src.as_uri() + "/binarized_mnist_{split}.amat")
     data_dir = tmp_path / "data"
     with pytest.raises(ChecksumError, match="binarized_mnist_train.amat"):
         load_dataset("binarized_mnist", data_dir=data_dir, download=True)
@@ -132,18 +120,14 @@ def test_frey_download_and_conversion(shared_data, tmp_path, monkeypatch):
     monkeypatch.setattr(frey, "URL", mat.as_uri())
     data_dir = tmp_path / "data"
     got = load_dataset("frey_faces", "test", data_dir=data_dir, download=True)
-    assert torch.equal(
-        got.x, load_dataset("frey_faces", "test", data_dir=shared_data).x
-    )
+    assert torch.equal(got.x, load_dataset("frey_faces", "test", data_dir=shared_data).x)
     assert sorted(p.name for p in data_dir.iterdir()) == ["frey_faces.npz"]
 
 
 def test_frey_download_rejects_other_content(shared_data, tmp_path, monkeypatch):
     from scipy.io import savemat
 
-    images = np.load(shared_data / "frey_faces.npz")["images"][
-        ::-1
-    ]  # right shape, wrong data
+    images = np.load(shared_data / "frey_faces.npz")["images"][::-1]  # right shape, wrong data
     mat = tmp_path / "frey_rawface.mat"
     savemat(mat, {"ff": images.reshape(1965, 560).T})
     monkeypatch.setattr(frey, "URL", mat.as_uri())

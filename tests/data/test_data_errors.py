@@ -58,26 +58,20 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
     assert resolve_data_dir() == tmp_path / "home" / ".pyro_gen" / "data"
 
 
-@pytest.mark.parametrize(
-    "name", ["binarized_mnist", "frey_faces", "mnist", "fashion_mnist"]
-)
+@pytest.mark.parametrize("name", ["binarized_mnist", "frey_faces", "mnist", "fashion_mnist"])
 def test_missing_file_message(tmp_path, name):
     with pytest.raises(DataNotFoundError) as err:
         load_dataset(name, "test", data_dir=tmp_path)
     msg = str(err.value)
     assert str(tmp_path) in msg  # where it looked
     assert "data_dir argument" in msg and DATA_DIR_ENV in msg  # what sets the directory
-    assert (
-        "download=True" in msg and f"pyro-gen download {name}" in msg
-    )  # how to get it
+    assert "download=True" in msg and f"pyro-gen download {name}" in msg  # how to get it
     assert isinstance(err.value, FileNotFoundError)
 
 
 def test_missing_file_message_names_env_var(tmp_path, monkeypatch):
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
-    with pytest.raises(
-        DataNotFoundError, match=f"set by the {DATA_DIR_ENV} environment variable"
-    ):
+    with pytest.raises(DataNotFoundError, match=f"set by the {DATA_DIR_ENV} environment variable"):
         load_dataset("frey_faces")
 
 

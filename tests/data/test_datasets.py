@@ -19,10 +19,7 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 @pytest.fixture(scope="module")
 def bmnist(shared_data):
-    return {
-        s: load_dataset("binarized_mnist", s, data_dir=shared_data)
-        for s in ("train", "valid", "test")
-    }
+    return {s: load_dataset("binarized_mnist", s, data_dir=shared_data) for s in ("train", "valid", "test")}
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +29,7 @@ def mnist_test(shared_data):
 
 def test_shared_files_match_readme_md5(shared_data):
     readme = (shared_data / "README.md").read_text()
-    rows = re.findall(
-        r"^\| `([^`]+)` \|.*\| `([0-9a-f]{32})` \|$", readme, flags=re.MULTILINE
-    )
+    rows = re.findall(r"^\| `([^`]+)` \|.*\| `([0-9a-f]{32})` \|$", readme, flags=re.MULTILINE)
     assert len(rows) == 4
     for name, md5 in rows:
         assert hashlib.md5((shared_data / name).read_bytes()).hexdigest() == md5, name
@@ -78,9 +73,7 @@ def test_binarized_test_subset_is_random_not_first_n(shared_data):
     assert len(sub) == 1000 and sub.protocol()["subset_seed"] == 3
     # The first 1000 test images are all zeros; a fair draw has every digit.
     assert set(sub.y.tolist()) == set(range(10))
-    again = load_dataset(
-        "binarized_mnist", "test", data_dir=shared_data, n=1000, seed=3
-    )
+    again = load_dataset("binarized_mnist", "test", data_dir=shared_data, n=1000, seed=3)
     assert torch.equal(sub.x, again.x)
 
 
@@ -127,22 +120,15 @@ def test_mnist_wrong_gz_is_checksum_error(shared_data, tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     shutil.copy(shared_data / "mnist_test" / "t10k-labels-idx1-ubyte.gz", raw)
-    images = gzip.decompress(
-        (shared_data / "mnist_test" / "t10k-images-idx3-ubyte.gz").read_bytes()
-    )
+    images = gzip.decompress((shared_data / "mnist_test" / "t10k-images-idx3-ubyte.gz").read_bytes())
     # Same valid IDX content, different gzip bytes: not the published file.
-    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(
-        gzip.compress(images, compresslevel=1)
-    )
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(images, compresslevel=1))
     with pytest.raises(ChecksumError, match="t10k-images-idx3-ubyte.gz"):
         load_dataset("mnist", "test", data_dir=tmp_path)
 
 
 def test_frey_faces_splits(shared_data):
-    splits = {
-        s: load_dataset("frey_faces", s, data_dir=shared_data)
-        for s in ("train", "valid", "test")
-    }
+    splits = {s: load_dataset("frey_faces", s, data_dir=shared_data) for s in ("train", "valid", "test")}
     assert {s: len(d) for s, d in splits.items()} == {
         "train": 1565,
         "valid": 200,
@@ -150,9 +136,7 @@ def test_frey_faces_splits(shared_data):
     }
     full = np.load(shared_data / "frey_faces.npz")["images"]
     for d in splits.values():
-        assert (
-            d.x.shape[1:] == (1, 28, 20) and d.x.dtype == torch.float32 and d.y is None
-        )
+        assert d.x.shape[1:] == (1, 28, 20) and d.x.dtype == torch.float32 and d.y is None
         assert 0.0 <= d.x.min() and d.x.max() <= 1.0
     # The three splits partition the file: same multiset of images, nothing lost
     # or repeated.
@@ -163,9 +147,7 @@ def test_frey_faces_splits(shared_data):
     first = torch.from_numpy(full[:1565]).float().div(255).unsqueeze(1)
     assert not torch.equal(splits["train"].x, first)
     # Fixed: loading again gives the same split.
-    assert torch.equal(
-        load_dataset("frey_faces", "test", data_dir=shared_data).x, splits["test"].x
-    )
+    assert torch.equal(load_dataset("frey_faces", "test", data_dir=shared_data).x, splits["test"].x)
 
 
 def test_digits_splits():
