@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pyro_gen.errors import PyroGenError
+from pyro_gen.errors import ConfigError, PyroGenError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,8 +63,15 @@ def _train(args) -> None:
 
     if args.resume:
         if not args.run_dir:
-            raise SystemExit("pyro-gen train --resume needs --run-dir")
-        metrics = train(None, args.run_dir, resume=True)
+            raise ConfigError("--resume needs --run-dir, the run directory to continue")
+        if args.config or args.overrides:
+            # the run continues with its own config.yaml; never ignore arguments silently
+            given = " ".join(filter(None, [args.config, *args.overrides]))
+            raise ConfigError(
+                f"--resume continues the run with its own {args.run_dir}/config.yaml; it takes no config or overrides "
+                f"(only --device, to move the run), got: {given}"
+            )
+        metrics = train(None, args.run_dir, resume=True, device=args.device)
     else:
         overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
         config = load_config(args.config, overrides)
@@ -132,7 +139,10 @@ def main(argv=None) -> int:
         elif args.command == "list":
             _list()
     except PyroGenError as e:
-        print(f"pyro-gen {args.command}: error: {e}", file=sys.stderr)
+        # Pyro re-raises errors from inside a traced model with the trace's shapes appended;
+        # the user needs our message, not the shapes table
+        message = str(e).split("\nTrace Shapes:")[0].rstrip()
+        print(f"pyro-gen {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

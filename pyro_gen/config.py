@@ -8,6 +8,8 @@ resolved config as ``config.yaml``, so any result can be re-made from it.
 import dataclasses
 import difflib
 import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,24 +119,25 @@ def _unknown(key: str, valid) -> ConfigError:
     return ConfigError(f"unknown config key {key!r}{hint} Valid keys: {valid_keys}")
 
 
-def _check_type(key: str, value, default):
-    """Reject values of the wrong kind (a string where a number is expected, ...)."""
-    if value is None or default is None:
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
-    elif isinstance(default, int) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
-        value = float(value)
-    elif isinstance(default, list):
-        if not isinstance(value, list):
-            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
-    return value
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list", type(None): "null"}
+
+
+def _is_kind(kind, value) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind in (int, float):  # an integer is a fine number; a bool is neither
+        return isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _check_type(key: str, value, annotation):
+    """Reject values of the wrong kind (a string where a number is expected, ...), by the field's annotation."""
+    kinds = typing.get_args(annotation) or (annotation,)  # ``int | None`` -> (int, NoneType)
+    for kind in kinds:
+        if _is_kind(kind, value):
+            return float(value) if kind is float else value
+    expected = " or ".join(_KIND_NAMES.get(k, getattr(k, "__name__", str(k))) for k in kinds)
+    raise ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
 
 
 def from_dict(raw: dict) -> RunConfig:
@@ -154,15 +157,29 @@ def from_dict(raw: dict) -> RunConfig:
             value = {}
         if not isinstance(value, dict):
             raise ConfigError(f"config section {name!r} must be a mapping, got {value!r}")
-        defaults = cls()
-        fields = {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, v in value.items():
             if key not in fields:
                 raise _unknown(f"{name}.{key}", sorted(fields))
-            kwargs[key] = _check_type(f"{name}.{key}", v, getattr(defaults, key))
+            kwargs[key] = _check_type(f"{name}.{key}", v, fields[key])
         sections[name] = cls(**kwargs)
     return RunConfig(**sections)
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a number (as YAML 1.2 does), not as the string ``'1e-3'``."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def _safe_load(text: str):
+    return yaml.load(text, Loader=_SafeLoader)  # a SafeLoader: no Python tags, no code runs
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -171,7 +188,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.epochs=5")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = _safe_load(value) if value.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: cannot read the value as YAML ({e})") from None
     return key.strip().split("."), parsed
@@ -196,16 +213,18 @@ def apply_overrides(raw: dict, overrides) -> dict:
 
 
 def load_config(path=None, overrides=()) -> RunConfig:
-    """Read a YAML config (``yaml.safe_load``: no code runs) and apply ``key=value`` overrides."""
+    """Read a YAML config (a safe loader: no code runs) and apply ``key=value`` overrides."""
     raw = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = _safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of sections ({', '.join(_SECTIONS)}), got {type(raw).__name__}")
     return from_dict(apply_overrides(raw, overrides))
 
 

@@ -20,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+import pyro
 import torch
 
 from pyro_gen.config import RunConfig, load_config, save_config
@@ -79,7 +80,7 @@ def fixed_test_data(test, seed: int) -> torch.Tensor:
 
 
 # -- train / evaluate / sample ---------------------------------------------------------------
-def train(config: RunConfig, run_dir, resume: bool = False) -> dict:
+def train(config: RunConfig, run_dir, resume: bool = False, device: str | None = None) -> dict:
     """Train the configured model and guide into ``run_dir``, evaluate on the test split, write figures.
 
     Returns the contents of ``metrics.json``.
@@ -91,8 +92,17 @@ def train(config: RunConfig, run_dir, resume: bool = False) -> dict:
         raise RunDirError(f"cannot resume: {run_dir} has no {CONFIG_FILE}")
     if resume:
         config = load_config(run_dir / CONFIG_FILE)
+        if device is not None:
+            # a run may continue on another device; everything else stays as the run was configured
+            config.train.device = device
+            save_config(config, run_dir / CONFIG_FILE)
+    elif device is not None:
+        config.train.device = device
     splits = load_splits(config.data)
     train_data = splits["train"]
+    # seed before the networks are built: their initial weights come from torch's global
+    # generator, which a fresh process seeds at random (Trainer.fit seeds only later)
+    pyro.set_rng_seed(config.train.seed)
     model = build_model(config.model, tuple(train_data.event_shape))
     guide = build_guide(config, model)
     t = config.train
@@ -202,12 +212,12 @@ def sample_run(run_dir, num: int = 64, out=None, seed: int = 0) -> Path:
     from pyro_gen.analysis.plots import sample_images
 
     config, model, guide, _ = load_run(run_dir)
+    if len(model.data_shape) != 3:
+        raise ConfigError(f"sample grids need image data (C, H, W); this model's data have shape {tuple(model.data_shape)}")
     out = Path(out) if out else Path(run_dir) / "samples.png"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         images = sample_images(model, num)
-    if len(model.data_shape) != 3:
-        raise ConfigError("sample grids need image data; this model's data are vectors")
     return save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))))
 
 

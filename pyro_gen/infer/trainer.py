@@ -74,7 +74,7 @@ class TensorBatches:
 
 
 def _as_batches(data, batch_size: int, shuffle: bool, seed: int):
-    """Accept a tensor, a dataset object with ``.x`` (and optional ``batch_transform``), or any iterable of batches."""
+    """Accept a tensor, a dataset object with ``.x`` (and optional ``transform_batch``), or any iterable of batches."""
     if data is None or isinstance(data, TensorBatches):
         return data
     if torch.is_tensor(data):
@@ -240,6 +240,13 @@ class Trainer:
             "seed": self.seed,
         }
 
+    def _kept(self, epoch: int, start: int) -> str:
+        where = f" ({self.run_dir / 'last.pt'} holds epoch {epoch})" if self.run_dir and epoch > start else ""
+        return (
+            f"training stopped and the last good checkpoint is kept{where}. "
+            "Lower the learning rate, clip gradients (clip_norm) or check the data."
+        )
+
     # -- the loop --------------------------------------------------------------
     def fit(self, train, valid=None, resume: bool = False) -> list[dict]:
         """Train; returns one record per epoch (also written to ``run_dir/metrics.jsonl``)."""
@@ -273,8 +280,10 @@ class Trainer:
             start, best, bad_epochs = ckpt["epoch"], ckpt["best_valid"], ckpt["bad_epochs"]
             self.history = _read_metrics(metrics_path, upto=start)
             _write_metrics(metrics_path, self.history)  # drop epochs past the checkpoint
-        elif metrics_path is not None and metrics_path.exists():
-            metrics_path.unlink()
+        else:
+            self.history = []  # a fresh fit starts a new history, as it starts a new metrics.jsonl
+            if metrics_path is not None and metrics_path.exists():
+                metrics_path.unlink()
 
         for epoch in range(start, self.epochs):
             if hasattr(train_batches, "set_epoch"):
@@ -290,10 +299,8 @@ class Trainer:
                 loss = self._step_loss(x, data_size)
                 value = loss.item()
                 if not math.isfinite(value):
-                    where = f" ({self.run_dir / 'last.pt'} holds epoch {epoch})" if self.run_dir and epoch > start else ""
                     raise TrainingDivergedError(
-                        f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; training stopped and the last "
-                        f"good checkpoint is kept{where}. Lower the learning rate, clip gradients (clip_norm) or check the data."
+                        f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; {self._kept(epoch, start)}"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -307,6 +314,11 @@ class Trainer:
                 if step % 50 == 0:
                     bar.set_postfix(loss=f"{value:.3f}")
             seconds = time.perf_counter() - t0
+            # a finite loss can still give a non-finite gradient; never checkpoint NaN parameters as "good"
+            if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
+                raise TrainingDivergedError(
+                    f"the parameters became NaN or infinite at epoch {epoch + 1} (a non-finite gradient); {self._kept(epoch, start)}"
+                )
             record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "seconds": seconds}
             record.update({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()})
             if hasattr(self.objective, "beta_now"):

@@ -1,0 +1,433 @@
+"""The trainer: reproducibility, exact resume, safe checkpoints, metrics, early stopping, divergence.
+
+The truths these tests check against do not come from the trainer itself: an uninterrupted run
+for a resumed one, Pyro's own ``Trace_ELBO`` for the logged losses, the exact marginal likelihood
+of factor-analysis data for learning, and objectives whose loss per epoch is fixed in advance
+for the early-stopping and best-checkpoint bookkeeping.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from torch import nn
+
+from pyro_gen import (
+    ELBO,
+    ConfigError,
+    Latent,
+    LatentModel,
+    RunDirError,
+    TensorBatches,
+    TraceObjective,
+    Trainer,
+    TrainingDivergedError,
+    make_guide,
+    make_likelihood,
+    vae,
+)
+from pyro_gen.infer.trainer import CHECKPOINT_FORMAT, atomic_save, initialize, load_checkpoint
+
+DATA_SHAPE, LATENT, HIDDEN = (6,), 2, (8,)
+
+
+# -- helpers -----------------------------------------------------------------------------
+def make_pair(init_seed=0, guide="normal"):
+    """A tiny VAE and its guide, initialised from ``init_seed`` (independent of the trainer's seed)."""
+    torch.manual_seed(init_seed)
+    model = vae(DATA_SHAPE, LATENT, hidden=HIDDEN)
+    return model, make_guide(guide, model, hidden=HIDDEN)
+
+
+def binary_data(n, p=0.3, seed=0):
+    return torch.bernoulli(torch.full((n, *DATA_SHAPE), p), generator=torch.Generator().manual_seed(seed))
+
+
+def make_trainer(model, guide, objective="elbo", **kwargs):
+    kwargs = {"lr": 1e-2, "batch_size": 8, "epochs": 3, "progress": False, **kwargs}
+    return Trainer(model, guide, objective, **kwargs)
+
+
+def state(model, guide) -> dict:
+    return {
+        **{f"model.{k}": v.clone() for k, v in model.state_dict().items()},
+        **{f"guide.{k}": v.clone() for k, v in guide.state_dict().items()},
+    }
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def read_metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_seconds(records) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def pyro_negative_elbo(model, guide, x, num_particles=500):
+    """-ELBO per datapoint by Pyro's Trace_ELBO (Monte Carlo KL): an implementation independent of pyro_gen's."""
+    with pyro.settings.context(module_local_params=True), torch.no_grad():
+        pyro.set_rng_seed(123)
+        elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+        return elbo.loss(model, guide, x) / len(x)
+
+
+class ScheduledLoss(TraceObjective):
+    """A loss fixed in advance for each epoch; the parameters get zero gradient and never move.
+
+    The validation curve is then known exactly, so the trainer's bookkeeping can be checked against it.
+    """
+
+    def __init__(self, model, values):
+        super().__init__()
+        self.model, self.values = model, values
+
+    def loss(self, model_trace, guide_trace):
+        anchor = 0.0 * sum(p.sum() for p in self.model.parameters())  # keeps loss.backward() valid
+        return anchor + self.values[self.epoch]
+
+
+# -- TensorBatches -------------------------------------------------------------------------
+def test_tensor_batches_cover_every_datapoint_once_and_reshuffle_per_epoch():
+    x = torch.arange(10.0).unsqueeze(-1)
+    batches = TensorBatches(x, batch_size=3, seed=1)
+    orders = []
+    for epoch in (0, 1):
+        batches.set_epoch(epoch)
+        first = torch.cat(list(batches))
+        assert torch.equal(torch.cat(list(batches)), first)  # same epoch, same order
+        assert torch.equal(first.sort(0).values, x)  # a permutation of the data
+        assert [len(b) for b in batches] == [3, 3, 3, 1]
+        orders.append(first)
+    assert not torch.equal(orders[0], orders[1])
+    assert len(TensorBatches(x, batch_size=3, drop_last=True)) == 3
+
+
+# -- reproducibility -------------------------------------------------------------------------
+def test_same_seed_gives_identical_history_and_parameters_and_another_seed_does_not():
+    x, v = binary_data(32), binary_data(16, seed=1)
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        model, guide = make_pair(init_seed=0)
+        history = make_trainer(model, guide, seed=seed).fit(x, v)
+        runs[name] = (without_seconds(history), state(model, guide))
+    assert runs["a"][0] == runs["b"][0]
+    assert_same_state(runs["a"][1], runs["b"][1])
+    assert runs["a"][0] != runs["c"][0]
+    assert any(not torch.equal(runs["a"][1][k], runs["c"][1][k]) for k in runs["a"][1])
+
+
+# -- exact resume ------------------------------------------------------------------------------
+@pytest.mark.parametrize("guide_name", ["normal", "iaf:2"])
+@pytest.mark.parametrize("binarize", [False, True], ids=["static", "dynamic-binarization"])
+def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path, guide_name, binarize):
+    if binarize:
+        # a fresh Bernoulli draw of every batch: the generator state must be restored too
+        probs = torch.rand(32, *DATA_SHAPE, generator=torch.Generator().manual_seed(7))
+        train = TensorBatches(probs, batch_size=8, seed=5, transform=lambda b, g: torch.bernoulli(b, generator=g))
+    else:
+        train = binary_data(32)
+    valid = binary_data(16, seed=1)
+    epochs, interrupted_at = 4, 2
+
+    model, guide = make_pair(guide=guide_name)
+    full = make_trainer(model, guide, epochs=epochs, run_dir=tmp_path / "a", patience=10).fit(train, valid)
+
+    model_b, guide_b = make_pair(guide=guide_name)
+    make_trainer(model_b, guide_b, epochs=interrupted_at, run_dir=tmp_path / "b", patience=10).fit(train, valid)
+    # a differently initialised pair: everything the resumed run needs must come from last.pt
+    model_r, guide_r = make_pair(init_seed=99, guide=guide_name)
+    torch.manual_seed(12345)
+    resumed = make_trainer(model_r, guide_r, epochs=epochs, run_dir=tmp_path / "b", patience=10).fit(train, valid, resume=True)
+
+    assert_same_state(state(model, guide), state(model_r, guide_r))
+    assert without_seconds(read_metrics(tmp_path / "a")) == without_seconds(read_metrics(tmp_path / "b"))
+    assert without_seconds(full) == without_seconds(resumed)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+    last_a, last_b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert last_a["epoch"] == last_b["epoch"] == epochs
+    assert last_a["best_valid"] == last_b["best_valid"]
+    for k, v in last_a["optimizer"]["state"].items():  # Adam moments continue, not restart
+        for name in v:
+            assert torch.equal(v[name], last_b["optimizer"]["state"][k][name])
+
+
+def test_resume_restores_the_early_stopping_state(tmp_path):
+    """Valid losses 1, 2, 3, 0.5 with patience 2 stop after epoch 3, interrupted at epoch 2 or not."""
+    values, x, v = [1.0, 2.0, 3.0, 0.5], binary_data(16), binary_data(8, seed=1)
+    model, guide = make_pair()
+    full = make_trainer(model, guide, ScheduledLoss(model, values), epochs=4, patience=2, run_dir=tmp_path / "a").fit(x, v)
+    assert [r["valid_loss"] for r in full] == [1.0, 2.0, 3.0]
+
+    model, guide = make_pair()
+    make_trainer(model, guide, ScheduledLoss(model, values), epochs=2, patience=2, run_dir=tmp_path / "b").fit(x, v)
+    model, guide = make_pair()
+    resumed = make_trainer(model, guide, ScheduledLoss(model, values), epochs=4, patience=2, run_dir=tmp_path / "b").fit(x, v, resume=True)
+    assert without_seconds(resumed) == without_seconds(full)
+    assert load_checkpoint(tmp_path / "b" / "best.pt")["epoch"] == 1
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    model, guide = make_pair()
+    with pytest.raises(ConfigError, match="run_dir"):
+        make_trainer(model, guide).fit(binary_data(8), resume=True)
+    with pytest.raises(RunDirError, match="last.pt"):
+        make_trainer(model, guide, run_dir=tmp_path / "empty").fit(binary_data(8), resume=True)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+def test_checkpoints_hold_the_trained_weights_and_load_with_weights_only(tmp_path):
+    model, guide = make_pair()
+    make_trainer(model, guide, epochs=2, run_dir=tmp_path).fit(binary_data(16), binary_data(8, seed=1))
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(tmp_path / name, weights_only=True)
+        assert ckpt["format"] == CHECKPOINT_FORMAT
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert last["epoch"] == 2
+    assert_same_state(
+        {**{f"model.{k}": v for k, v in last["model"].items()}, **{f"guide.{k}": v for k, v in last["guide"].items()}}, state(model, guide)
+    )
+
+
+class _Payload:
+    """Unpickling this runs ``os.mkdir(path)``: the stand-in for a malicious checkpoint."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+class _Plain:
+    pass
+
+
+def test_load_checkpoint_rejects_foreign_and_broken_files_naming_the_path(tmp_path):
+    model, guide = make_pair()
+    make_trainer(model, guide, epochs=1, run_dir=tmp_path / "run").fit(binary_data(8))
+    real = (tmp_path / "run" / "last.pt").read_bytes()
+
+    plain_dict = tmp_path / "plain.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 1}, plain_dict)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint\n" * 20)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(real[: len(real) // 2])
+    with_object = tmp_path / "object.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 1, "extra": _Plain()}, with_object)
+    not_a_dict = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), not_a_dict)
+
+    for path in (plain_dict, garbage, truncated, with_object, not_a_dict, tmp_path / "missing.pt"):
+        with pytest.raises(RunDirError) as info:
+            load_checkpoint(path)
+        assert str(path) in str(info.value)
+
+
+def test_load_checkpoint_runs_no_code_from_the_file(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 1, "model": _Payload(marker)}, path)
+    with pytest.raises(RunDirError, match="evil.pt"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # control: the payload is live, an unsafe load would have run it
+    torch.load(path, weights_only=False)
+    assert marker.is_dir()
+
+
+def test_atomic_save_leaves_only_the_target_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"a": torch.arange(3)}, path)
+    atomic_save({"a": torch.arange(4)}, path)  # replaces
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.arange(4))
+
+
+def test_atomic_save_keeps_the_old_file_when_saving_fails_midway(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"a": torch.arange(3)}, path)
+    old = path.read_bytes()
+    written = []
+
+    def save_half_then_fail(obj, f, *args, **kwargs):
+        written.append(Path(f))
+        Path(f).write_bytes(old[: len(old) // 2])  # a half-written file, like a full disk or a kill
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"a": torch.arange(5)}, path)
+    monkeypatch.undo()
+    assert written and written[0] != path  # the failing write went elsewhere ...
+    assert path.read_bytes() == old  # ... so the old checkpoint is intact
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # and no temporary file is left behind
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.arange(3))
+
+
+# -- metrics, best checkpoint, early stopping -----------------------------------------------------
+def test_metrics_jsonl_has_one_record_per_epoch(tmp_path):
+    model, guide = make_pair()
+    history = make_trainer(model, guide, epochs=3, run_dir=tmp_path / "v").fit(binary_data(16), binary_data(8, seed=1))
+    records = read_metrics(tmp_path / "v")
+    assert records == history  # JSON round-trips floats exactly
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert {"epoch", "train_loss", "seconds", "valid_loss"} <= r.keys()
+        assert math.isfinite(r["train_loss"]) and math.isfinite(r["valid_loss"]) and r["seconds"] >= 0
+
+    model, guide = make_pair()
+    make_trainer(model, guide, epochs=2, run_dir=tmp_path / "nv").fit(binary_data(16))
+    assert [("valid_loss" in r) for r in read_metrics(tmp_path / "nv")] == [False, False]
+
+
+def test_logged_losses_are_the_negative_elbo_per_datapoint():
+    """With lr=0 the parameters stay put, so both losses must match Pyro's -ELBO estimate at those parameters."""
+    model, guide = make_pair()
+    train, valid = binary_data(64, p=0.2), binary_data(64, p=0.8, seed=1)
+    (record,) = make_trainer(model, guide, lr=0.0, batch_size=16, epochs=1).fit(train, valid)
+    expected_train, expected_valid = pyro_negative_elbo(model, guide, train), pyro_negative_elbo(model, guide, valid)
+    assert abs(expected_train - expected_valid) > 0.3  # the two data sets are told apart
+    assert record["train_loss"] == pytest.approx(expected_train, abs=0.1)
+    assert record["valid_loss"] == pytest.approx(expected_valid, abs=0.1)
+
+
+def test_best_checkpoint_is_written_on_improvement_only(tmp_path):
+    values = [3.0, 1.0, 2.0, 0.5, 0.5]  # a tie is no improvement
+    model, guide = make_pair()
+    history = make_trainer(model, guide, ScheduledLoss(model, values), epochs=5, run_dir=tmp_path).fit(
+        binary_data(16), binary_data(8, seed=1)
+    )
+    assert [r["valid_loss"] for r in history] == values
+    best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
+    assert (best["epoch"], best["best_valid"]) == (4, 0.5)
+    assert (last["epoch"], last["best_valid"], last["bad_epochs"]) == (5, 0.5, 1)
+
+
+@pytest.mark.parametrize("patience, epochs_run", [(None, 5), (2, 3), (3, 5)])
+def test_early_stopping_after_patience_epochs_without_improvement(tmp_path, patience, epochs_run):
+    """Valid losses 1, 2, 3, 0.5, 0.1: patience 2 stops after epoch 3; patience 3 reaches the improvement at epoch 4."""
+    values = [1.0, 2.0, 3.0, 0.5, 0.1]
+    model, guide = make_pair()
+    trainer = make_trainer(model, guide, ScheduledLoss(model, values), epochs=5, patience=patience, run_dir=tmp_path)
+    history = trainer.fit(binary_data(16), binary_data(8, seed=1))
+    assert [r["epoch"] for r in history] == list(range(1, epochs_run + 1))
+    assert len(read_metrics(tmp_path)) == epochs_run
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == epochs_run
+
+
+def test_fitting_twice_returns_only_the_second_runs_records(tmp_path):
+    """A fresh (non-resumed) fit starts a new history, like the metrics.jsonl it rewrites."""
+    model, guide = make_pair()
+    trainer = make_trainer(model, guide, epochs=2, run_dir=tmp_path)
+    trainer.fit(binary_data(16))
+    history = trainer.fit(binary_data(16))
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert history == read_metrics(tmp_path)
+
+
+# -- divergence ----------------------------------------------------------------------------------
+class BadLossAtEpoch(ELBO):
+    """The ELBO, except that the loss is ``bad`` from the given (0-based) epoch on."""
+
+    def __init__(self, epoch, bad):
+        super().__init__()
+        self.bad_epoch, self.bad = epoch, bad
+
+    def loss(self, model_trace, guide_trace):
+        loss = super().loss(model_trace, guide_trace)
+        return loss * self.bad if self.epoch >= self.bad_epoch else loss
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, bad):
+    x = binary_data(32)
+    model, guide = make_pair()
+    with pytest.raises(TrainingDivergedError, match="at epoch 3"):
+        make_trainer(model, guide, BadLossAtEpoch(2, bad), epochs=5, run_dir=tmp_path / "bad").fit(x)
+    # the reference: the same run, stopped by design after the two good epochs
+    model, guide = make_pair()
+    make_trainer(model, guide, epochs=2, run_dir=tmp_path / "good").fit(x)
+    last = load_checkpoint(tmp_path / "bad" / "last.pt")
+    assert last["epoch"] == 2
+    for k, v in model.state_dict().items():
+        assert torch.equal(last["model"][k], v)
+    assert len(read_metrics(tmp_path / "bad")) == 2
+
+
+def test_non_finite_loss_in_the_first_epoch_writes_no_checkpoint(tmp_path):
+    model, guide = make_pair()
+    with pytest.raises(TrainingDivergedError, match="at epoch 1"):
+        make_trainer(model, guide, BadLossAtEpoch(0, math.nan), run_dir=tmp_path).fit(binary_data(16))
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_non_finite_gradient_on_an_epochs_last_step_does_not_poison_last_pt(tmp_path):
+    """A finite loss with a NaN gradient turns the parameters to NaN; the checkpoint of that epoch is not 'good'."""
+    model, guide = make_pair()
+    steps = []
+
+    def nan_gradient_on_step_8(model_trace, guide_trace):
+        steps.append(1)
+        loss = -model_trace.nodes["x"]["fn"].log_prob(model_trace.nodes["x"]["value"]).mean()
+        if len(steps) == 8:  # the last of 4 steps of epoch 2; sqrt'(0) * 0 = nan
+            loss = loss + torch.sqrt(0.0 * sum(p.sum() for p in model.parameters()))
+        return loss
+
+    with pytest.raises(TrainingDivergedError, match="at epoch 2"):
+        make_trainer(model, guide, nan_gradient_on_step_8, epochs=4, run_dir=tmp_path).fit(binary_data(32))
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in [*last["model"].values(), *last["guide"].values()])
+
+
+# -- device and progress ---------------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_config_error():
+    model, guide = make_pair()
+    with pytest.raises(ConfigError, match="cuda"):
+        Trainer(model, guide, device="cuda")
+
+
+def test_progress_bar_is_shown_only_when_asked(capsys):
+    model, guide = make_pair()
+    make_trainer(model, guide, epochs=2, progress=True).fit(binary_data(16))
+    assert "epoch 1/2" in capsys.readouterr().err
+    make_trainer(model, guide, epochs=2, progress=False).fit(binary_data(16))
+    captured = capsys.readouterr()
+    assert "epoch" not in captured.err + captured.out
+
+
+# -- learning --------------------------------------------------------------------------------------
+def test_training_approaches_the_true_likelihood_of_factor_analysis_data():
+    """ELBO after training on x = W z + mu + noise must close most of the gap to the true mean log-likelihood."""
+    d, k, n, sigma = 6, 2, 128, 0.3
+    g = torch.Generator().manual_seed(0)
+    w, mu = torch.randn(d, k, generator=g), torch.randn(d, generator=g)
+    x = torch.randn(n, k, generator=g) @ w.T + mu + sigma * torch.randn(n, d, generator=g)
+    true_ll = float(dist.MultivariateNormal(mu, w @ w.T + sigma**2 * torch.eye(d)).log_prob(x).mean())
+
+    torch.manual_seed(0)
+    model = LatentModel([Latent("z", shape=(k,))], nn.Linear(k, d), make_likelihood("gaussian", data_shape=(d,), scale="learned"), (d,))
+    guide = make_guide("normal", model, hidden=HIDDEN)
+    with pyro.settings.context(module_local_params=True):
+        initialize(model, guide, x)
+    before = -pyro_negative_elbo(model, guide, x, num_particles=200)
+    history = make_trainer(model, guide, lr=2e-2, batch_size=32, epochs=30).fit(x)
+    after = -pyro_negative_elbo(model, guide, x, num_particles=200)
+
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert after - before > 0.75 * (true_ll - before)
+    assert after < true_ll + 0.5  # a lower bound: it cannot beat the likelihood by much (MLE and MC slack only)

@@ -1,0 +1,442 @@
+"""End-to-end tests of the ``pyro-gen`` command line, through ``pyro_gen.cli.main([...])`` and the installed script.
+
+Every run is tiny (scikit-learn's bundled 8x8 digits, 200 training images, latent 2, hidden [16],
+K=10 importance samples) and lives in a tmp directory. One 2-epoch run is trained once per module
+and shared: tests that would change it (evaluate, resume) work on a copy.
+"""
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+import yaml
+
+from pyro_gen.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+# The repository sits next to the ``shared`` folder (as in tests/data/conftest.py): <parent>/main/tests/test_cli.py.
+SHARED_DATA = REPO.parent / "shared" / "data"
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# quickstart.yaml made tiny: a few seconds of CPU per run, no progress bars in the test log
+TINY = [
+    "data.train_size=200",
+    "data.valid_size=50",
+    "data.test_size=50",
+    "model.latent_dim=2",
+    "model.hidden=[16]",
+    "guide.name=planar:2",
+    "eval.nll_samples=10",
+    "train.progress=false",
+]
+EPOCHS = 2
+RUN_FILES = [
+    "config.yaml",
+    "metrics.jsonl",
+    "last.pt",
+    "best.pt",
+    "metrics.json",
+    "samples.png",
+    "reconstructions.png",
+    "interpolation.png",
+]
+FIGURES = ["samples.png", "reconstructions.png", "interpolation.png"]
+
+
+@pytest.fixture(autouse=True)
+def _offline_data(monkeypatch):
+    # never look in (or download into) ~/.pyro_gen/data
+    monkeypatch.setenv("PYRO_GEN_DATA", str(SHARED_DATA))
+
+
+def _run(argv) -> tuple[int, str]:
+    """``main(argv)`` with its stdout captured (usable in module-scoped fixtures, where capsys is not)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue()
+
+
+def _train_tiny(run_dir: Path, epochs: int) -> tuple[int, str]:
+    return _run(["train", QUICKSTART, *TINY, f"train.epochs={epochs}", "--run-dir", run_dir])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> tuple[Path, str]:
+    """One tiny 2-epoch run, trained once for the whole module (to save CPU); treat it as read-only."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYRO_GEN_DATA", str(SHARED_DATA))
+        code, out = _train_tiny(run_dir, EPOCHS)
+    assert code == 0, out
+    return run_dir, out
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _assert_png(path: Path, min_side: int) -> None:
+    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    image = matplotlib.image.imread(path)
+    assert image.ndim in (2, 3) and min(image.shape[:2]) >= min_side, f"{path} has shape {image.shape}"
+    assert image.std() > 0, f"{path} is blank"
+
+
+def _fails(argv, capsys) -> str:
+    """Run ``main(argv)``, check it fails as a user error (status 2, one line on stderr, no traceback); return that line."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith(f"pyro-gen {argv[0]}: error: "), lines[0]
+    return lines[0]
+
+
+# -- train -----------------------------------------------------------------------------------------
+def test_train_writes_every_file_of_a_run_directory(trained_run):
+    run_dir, out = trained_run
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    assert not missing, f"missing from the run directory: {missing}"
+    assert f"run directory: {run_dir}" in out
+    assert "test NLL" in out and "K=10" in out
+
+
+def test_train_config_yaml_holds_the_quickstart_config_with_the_overrides(trained_run):
+    run_dir, _ = trained_run
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    # the overrides
+    assert config["data"]["train_size"] == 200 and config["data"]["test_size"] == 50
+    assert config["model"]["latent_dim"] == 2 and config["model"]["hidden"] == [16]
+    assert config["guide"]["name"] == "planar:2"
+    assert config["train"]["epochs"] == EPOCHS and config["train"]["progress"] is False
+    assert config["eval"]["nll_samples"] == 10
+    # what quickstart.yaml sets and no override touched
+    assert config["data"]["name"] == "digits" and config["data"]["binarize"] == "dynamic"
+    assert config["train"]["lr"] == 0.002 and config["train"]["batch_size"] == 64
+
+
+def test_train_metrics_jsonl_has_one_line_per_epoch(trained_run):
+    run_dir, _ = trained_run
+    records = _read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
+    for r in records:
+        # digits has a validation split, so every epoch is also scored on it
+        assert torch.isfinite(torch.tensor([r["train_loss"], r["valid_loss"], r["seconds"]])).all(), r
+
+
+def test_train_checkpoints_load_with_weights_only(trained_run):
+    run_dir, _ = trained_run
+    for name in ("last.pt", "best.pt"):
+        # weights_only=True: a run directory from someone else cannot run code when loaded
+        ckpt = torch.load(run_dir / name, map_location="cpu", weights_only=True)
+        assert {"model", "guide", "optimizer", "epoch"} <= set(ckpt), name
+        assert 1 <= ckpt["epoch"] <= EPOCHS
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == EPOCHS
+
+
+def test_train_metrics_json_reports_scores_with_their_protocol(trained_run):
+    run_dir, _ = trained_run
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert {"test_nll", "nll_samples", "test_elbo", "epochs", "seconds_per_epoch", "protocol"} <= set(m)
+    assert m["nll_samples"] == 10  # the eval.nll_samples override
+    assert m["epochs"] == EPOCHS
+    assert m["seconds_per_epoch"] > 0
+    assert m["guide"] == "planar:2"
+    protocol = m["protocol"]
+    assert protocol["test"]["name"] == "digits" and protocol["test"]["split"] == "test"
+    assert protocol["test"]["n"] == 50 and protocol["test"]["subset_seed"] == 0
+    assert protocol["train"]["n"] == 200
+    assert "K=10" in protocol["nll_estimator"]
+
+
+def test_train_importance_sampled_nll_is_at_most_the_negative_elbo(trained_run):
+    # log p(x) is estimated as log-mean-exp of the same K log-weights whose mean is the ELBO,
+    # so by Jensen the estimate is >= the ELBO for every datapoint, hence on average too
+    run_dir, _ = trained_run
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 < m["test_nll"] <= -m["test_elbo"] + 1e-3, m
+
+
+def test_train_figures_are_valid_pngs(trained_run):
+    run_dir, _ = trained_run
+    for name in FIGURES:
+        # 8x8 digits are drawn enlarged, so even one row of images is 32 pixels high
+        _assert_png(run_dir / name, min_side=32)
+
+
+# -- train --resume -----------------------------------------------------------------------------
+def test_resume_continues_an_interrupted_run_bit_for_bit(trained_run, tmp_path):
+    # An interrupted 2-epoch run is simulated by a 1-epoch run whose config.yaml then asks for 2:
+    # resuming must add exactly epoch 2 and end where the uninterrupted fixture run ended.
+    full_dir, _ = trained_run
+    run_dir = tmp_path / "run"
+    # train.seed alone decides the initial weights, whatever the global random state (a fresh process's is random)
+    torch.manual_seed(12345)
+    assert _train_tiny(run_dir, 1)[0] == 0
+    [first] = _read_jsonl(run_dir / "metrics.jsonl")
+    full_first = _read_jsonl(full_dir / "metrics.jsonl")[0]
+    assert (first["train_loss"], first["valid_loss"]) == (full_first["train_loss"], full_first["valid_loss"]), "same seed, another epoch 1"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["train"]["epochs"] = EPOCHS
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    code, out = _run(["train", "--resume", "--run-dir", run_dir])
+    assert code == 0, out
+
+    resumed, full = _read_jsonl(run_dir / "metrics.jsonl"), _read_jsonl(full_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in resumed] == [1, 2]
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
+    assert [r["valid_loss"] for r in resumed] == [r["valid_loss"] for r in full]
+    a = torch.load(run_dir / "last.pt", weights_only=True)
+    b = torch.load(full_dir / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == EPOCHS
+    for part in ("model", "guide"):
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), f"{part} weights differ after resuming"
+    m, m_full = json.loads((run_dir / "metrics.json").read_text()), json.loads((full_dir / "metrics.json").read_text())
+    assert m["epochs"] == EPOCHS
+    assert m["test_nll"] == pytest.approx(m_full["test_nll"], rel=1e-6)
+
+
+def test_resume_of_a_finished_run_adds_no_epoch(trained_run, tmp_path):
+    run_dir = _copy_run(trained_run[0], tmp_path)
+    before = (run_dir / "metrics.jsonl").read_text()
+    code, out = _run(["train", "--resume", "--run-dir", run_dir])
+    assert code == 0, out
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == EPOCHS
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == EPOCHS
+
+
+def test_resume_refuses_config_and_overrides_instead_of_ignoring_them(trained_run, tmp_path, capsys):
+    # the run continues with its own config.yaml; an override given here would silently do nothing
+    run_dir = _copy_run(trained_run[0], tmp_path)
+    message = _fails(["train", "--resume", "--run-dir", run_dir, "train.epochs=5"], capsys)
+    assert "train.epochs=5" in message and "config.yaml" in message
+    assert len(_read_jsonl(run_dir / "metrics.jsonl")) == EPOCHS
+
+
+def test_resume_may_move_the_run_to_another_device(trained_run, tmp_path):
+    # --device is the one setting a resumed run may change; it is recorded in the run's config
+    run_dir = _copy_run(trained_run[0], tmp_path)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["train"]["device"] = "cuda"  # as if trained on a GPU machine
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    code, out = _run(["train", "--resume", "--run-dir", run_dir, "--device", "cpu"])
+    assert code == 0, out
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["device"] == "cpu"
+
+
+def test_resume_needs_a_run_dir(capsys):
+    assert "--run-dir" in _fails(["train", "--resume"], capsys)
+
+
+def test_resume_of_a_directory_without_config_fails_clearly(tmp_path, capsys):
+    message = _fails(["train", "--resume", "--run-dir", tmp_path], capsys)
+    assert "cannot resume" in message and str(tmp_path) in message and "config.yaml" in message
+
+
+# -- evaluate / sample ----------------------------------------------------------------------------
+def test_evaluate_rewrites_metrics_json_with_the_requested_k(trained_run, tmp_path):
+    run_dir = _copy_run(trained_run[0], tmp_path)
+    for name in FIGURES:
+        (run_dir / name).unlink()
+    code, out = _run(["evaluate", run_dir, "--nll-samples", 7, "--no-figures"])
+    assert code == 0, out
+    assert "K=7" in out
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["nll_samples"] == 7 and "K=7" in m["protocol"]["nll_estimator"]
+    assert m["epochs"] == EPOCHS  # training facts survive re-evaluation
+    assert m["test_nll"] <= -m["test_elbo"] + 1e-3
+    assert not any((run_dir / name).exists() for name in FIGURES), "--no-figures wrote figures"
+
+
+def test_sample_writes_a_png_grid(trained_run, tmp_path):
+    out_png = tmp_path / "grid.png"
+    code, out = _run(["sample", trained_run[0], "--num", 16, "--out", out_png])
+    assert code == 0, out
+    assert str(out_png) in out
+    # 16 samples -> a 4x4 grid of 8x8 digits drawn at 32x32
+    _assert_png(out_png, min_side=4 * 32)
+
+
+# -- compare -----------------------------------------------------------------------------------------
+def test_compare_trains_each_guide_and_writes_csv_and_markdown(tmp_path):
+    out_dir = tmp_path / "cmp"
+    argv = ["compare", "--data", "digits", "--guides", "normal,planar:2", "--epochs", 1, "--train-size", 200, "--test-size", 50]
+    argv += ["--nll-samples", 10, "--seed", 0, "--device", "cpu", "--out", out_dir]
+    # positional section.key=value overrides: binarize the digits for the (default) Bernoulli likelihood, keep the models tiny
+    argv += [
+        "data.binarize=dynamic",
+        "model.latent_dim=2",
+        "model.hidden=[16]",
+        "data.valid_size=50",
+        "train.progress=false",
+        "eval.images=false",
+    ]
+    code, out = _run(argv)
+    assert code == 0, out
+
+    with open(out_dir / "compare.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        columns, rows = reader.fieldnames, list(reader)
+    required = ["guide", "test_nll", "test_elbo", "kl", "seconds_per_epoch", "parameters", "nll_samples"]
+    assert set(required) <= set(columns), columns
+    assert columns[0] == "guide"
+    assert [r["guide"] for r in rows] == ["normal", "planar:2"]  # one row per guide, in the order given
+    for r in rows:
+        assert int(r["nll_samples"]) == 10 and int(r["parameters"]) > 0
+        assert float(r["test_nll"]) <= -float(r["test_elbo"]) + 1e-3
+    # the flow adds parameters to the same encoder and decoder
+    assert int(rows[1]["parameters"]) > int(rows[0]["parameters"])
+
+    md = (out_dir / "compare.md").read_text()
+    assert md.startswith("Data: digits (train 200, test 50, subset seed 0)")
+    assert "K=10" in md.splitlines()[0]
+    assert "| " + " | ".join(columns) + " |" in md
+    assert sum(line.startswith("| normal |") or line.startswith("| planar:2 |") for line in md.splitlines()) == 2
+    assert md.strip() in out  # the table is also printed
+
+    for name, folder in [("normal", "normal"), ("planar:2", "planar-2")]:
+        m = json.loads((out_dir / folder / "metrics.json").read_text())
+        assert m["guide"] == name and m["epochs"] == 1 and m["nll_samples"] == 10
+        assert m["protocol"]["test"]["n"] == 50 and m["protocol"]["test"]["subset_seed"] == 0
+
+
+def test_test_subset_is_a_seeded_random_draw():
+    from pyro_gen.data import load_dataset
+
+    a = load_dataset("digits", "test", n=50, seed=0).x
+    b = load_dataset("digits", "test", n=50, seed=0).x
+    c = load_dataset("digits", "test", n=50, seed=1).x
+    whole = load_dataset("digits", "test").x
+    assert torch.equal(a, b)  # same seed, same subset
+    assert not torch.equal(a, c)  # another seed, another subset
+    assert not torch.equal(a, whole[:50])  # a random draw, not the first rows of the split
+
+
+# -- errors: exit status 2 and one clear line -----------------------------------------------------------
+def test_unknown_dataset_is_a_clear_error(tmp_path, capsys):
+    message = _fails(["compare", "--data", "nosuch", "--guides", "normal", "--epochs", 1, "--out", tmp_path / "cmp"], capsys)
+    assert "'nosuch'" in message and "digits" in message  # names the problem and the known datasets
+
+
+def test_unknown_guide_is_a_clear_error_before_any_training(tmp_path, capsys):
+    out_dir = tmp_path / "cmp"
+    message = _fails(["compare", "--data", "digits", "--guides", "normal,bogus:3", "--epochs", 1, "--out", out_dir], capsys)
+    assert "bogus:3" in message and "planar" in message
+    assert not (out_dir / "normal").exists(), "the valid guide was trained before the bad name was noticed"
+
+
+def test_misspelt_config_key_names_it_and_suggests_the_right_one(tmp_path, capsys):
+    message = _fails(["train", QUICKSTART, "train.epocs=3", "--run-dir", tmp_path / "run"], capsys)
+    assert "train.epocs" in message and "did you mean 'train.epochs'" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_says_where_it_looked_and_how_to_get_the_data(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    code = main(
+        [
+            "train",
+            str(QUICKSTART),
+            "data.name=binarized_mnist",
+            "data.binarize=null",
+            f"data.data_dir={empty}",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    # the data module lists every path it tried, one per line, so this message is several lines
+    first = err.splitlines()[0]
+    assert first.startswith("pyro-gen train: error: ") and "binarized_mnist" in first and "not found" in first
+    assert str(empty) in err
+    assert "pyro-gen download" in err
+
+
+def test_non_binary_data_under_bernoulli_is_one_clear_line(tmp_path, capsys):
+    # the check runs inside the traced model, where Pyro appends a table of trace shapes to the
+    # error; the user gets our message alone
+    argv = ["compare", "--data", "digits", "--guides", "normal", "--epochs", 1, "--train-size", 50, "--test-size", 20, "--out", tmp_path]
+    message = _fails([*argv, "model.hidden=[8]", "train.progress=false"], capsys)
+    assert "binar" in message and "Trace Shapes" not in message
+
+
+def test_evaluate_on_a_directory_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a run")
+    message = _fails(["evaluate", tmp_path], capsys)
+    assert "not a pyro_gen run directory" in message and str(tmp_path) in message
+
+
+def test_sample_on_a_missing_directory(tmp_path, capsys):
+    missing = tmp_path / "nosuch"
+    message = _fails(["sample", missing], capsys)
+    assert str(missing) in message and "not a directory" in message
+
+
+# -- the installed script -------------------------------------------------------------------------------
+def _script() -> str:
+    # the console script installed beside this interpreter (the project's virtualenv)
+    script = Path(sys.executable).with_name("pyro-gen")
+    if not script.exists():
+        script = shutil.which("pyro-gen")
+        if script is None:
+            pytest.skip("the pyro-gen console script is not installed")
+    return str(script)
+
+
+def _script_env() -> dict:
+    return {**os.environ, "PYRO_GEN_DATA": str(SHARED_DATA), "OMP_NUM_THREADS": "1"}
+
+
+def test_installed_script_lists_datasets_guides_likelihoods_and_objectives():
+    from pyro_gen.data import dataset_names
+    from pyro_gen.guides import guide_names
+    from pyro_gen.infer import objective_names
+    from pyro_gen.models import likelihood_names
+
+    proc = subprocess.run([_script(), "list"], capture_output=True, text=True, env=_script_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split(":")[0].strip(): line.split(":", 1)[1] for line in proc.stdout.splitlines() if ":" in line}
+    assert {"datasets", "guides", "likelihoods", "objectives"} <= set(lines)
+    for section, names in [
+        ("datasets", dataset_names()),
+        ("guides", guide_names()),
+        ("likelihoods", likelihood_names()),
+        ("objectives", objective_names()),
+    ]:
+        assert names, section
+        assert [n.strip() for n in lines[section].split(",")] == list(names), section
+    assert "digits" in lines["datasets"] and "planar" in lines["guides"] and "iwae" in lines["objectives"]
+
+
+def test_installed_script_exits_with_status_2_on_a_user_error(tmp_path):
+    # the shell sees main()'s return value as the process exit status
+    proc = subprocess.run([_script(), "sample", str(tmp_path / "nosuch")], capture_output=True, text=True, env=_script_env(), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("pyro-gen sample: error: ") and "Traceback" not in proc.stderr
