@@ -1,5 +1,35 @@
-"""Looking at fitted models: figures (sample grids, reconstructions, interpolations)."""
+"""Looking at fitted models: figures, PSIS diagnostics of guides, ArviZ InferenceData.
+
+The ArviZ adapter (``from_mcmc``, ``from_guide``, ``from_local_posterior``) is imported on first
+use, so the figures and diagnostics do not pay for importing ArviZ.
+"""
 
 from pyro_gen.analysis.plots import image_grid, interpolate, posterior_means, reconstructions, sample_images, save_image_grid, write_figures
+from pyro_gen.analysis.psis import KhatResult, guide_khat, psis_khat
 
-__all__ = ["image_grid", "interpolate", "posterior_means", "reconstructions", "sample_images", "save_image_grid", "write_figures"]
+_ARVIZ_ADAPTER = ("from_guide", "from_local_posterior", "from_mcmc")
+
+
+def __getattr__(name):
+    if name in _ARVIZ_ADAPTER:
+        from pyro_gen.analysis import arviz as adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "KhatResult",
+    "from_guide",
+    "from_local_posterior",
+    "from_mcmc",
+    "guide_khat",
+    "image_grid",
+    "interpolate",
+    "posterior_means",
+    "psis_khat",
+    "reconstructions",
+    "sample_images",
+    "save_image_grid",
+    "write_figures",
+]

@@ -18,6 +18,7 @@ median), i.e. ``log p(x | theta_hat)`` with the local latents marginalized.
 Reference: Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -72,6 +73,49 @@ def _with_fixed_globals(model, guide, x):
     return poutine.condition(model, data=values), poutine.condition(guide, data=values)
 
 
+@contextlib.contextmanager
+def _drawing(device: torch.device, seed: int | None):
+    """Module-local parameters, Pyro's argument checks off and, with a seed, a forked and seeded RNG."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(pyro.settings.context(module_local_params=True))
+        stack.enter_context(pyro.validation_enabled(False))
+        if seed is not None:
+            stack.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
+            torch.manual_seed(seed)
+        yield
+
+
+def _importance_draws(model, guide, x: torch.Tensor, num_samples: int, chunk_size: int, device: torch.device, progress: bool = False):
+    """Yield ``(particles, data, model_trace, guide_trace)`` for every chunk of draws from the guide.
+
+    ``particles`` and ``data`` are slices: which of the ``num_samples`` draws and which datapoints
+    of ``x`` the chunk's traces hold (particles vectorized in a ``"particles"`` plate). A chunk is
+    filled with as many particles as possible, then datapoints: the encoder and the guide's flow
+    parameters are computed once per datapoint and chunk, so fewer chunks is faster.
+    """
+    if num_samples < 1 or chunk_size < 1:
+        raise ValueError("num_samples and chunk_size must be positive")
+    from tqdm.auto import tqdm
+
+    per_chunk = min(num_samples, chunk_size)
+    batch = max(1, min(len(x), chunk_size // per_chunk))
+    for start in tqdm(range(0, len(x), batch), disable=not progress, desc="log-likelihood", leave=False):
+        xb = x[start : start + batch].to(device)
+        m, g = _with_fixed_globals(model, guide, xb)
+        done = 0
+        while done < num_samples:
+            k = min(per_chunk, num_samples - done)
+            model_trace, guide_trace = get_traces(m, g, xb, num_particles=k)
+            if done == 0 and start == 0:
+                check_sites(model_trace, guide_trace)
+            yield slice(done, done + k), slice(start, start + len(xb)), model_trace, guide_trace
+            done += k
+
+
+def _device(model) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @torch.no_grad()
 def log_likelihood(
     model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int | None = 0, progress: bool = False
@@ -83,50 +127,41 @@ def log_likelihood(
     :param chunk_size: at most this many (sample, datapoint) pairs per vectorized pass.
     :param seed: seed for the draws (``None``: use the current random state).
     """
-    if num_samples < 1 or chunk_size < 1:
-        raise ValueError("num_samples and chunk_size must be positive")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    # fill a chunk with as many particles as possible, then datapoints: the encoder and the
-    # guide's flow parameters are computed once per datapoint and chunk, so fewer chunks is faster
-    per_chunk = min(num_samples, chunk_size)
-    batch = max(1, min(len(x), chunk_size // per_chunk))
-    out = {k: [] for k in ("log_px", "elbo", "recon", "kl", "mean")}
-    gen_state = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if seed is not None else None
-    from tqdm.auto import tqdm
+    device = _device(model)
+    acc = torch.full((len(x),), -math.inf, device=device)
+    sums = torch.zeros(3, len(x), device=device)
+    mean_sum = None
+    with _drawing(device, seed):
+        for particles, data, model_trace, guide_trace in _importance_draws(model, guide, x, num_samples, chunk_size, device, progress):
+            k, b = particles.stop - particles.start, data.stop - data.start
+            t = trace_terms(model_trace, guide_trace)
+            lw = t.log_weight
+            acc[data] = torch.logaddexp(acc[data], torch.logsumexp(lw, 0))
+            sums[:, data] += torch.stack([lw.sum(0), t.log_likelihood.sum(0), (t.log_q_local - t.log_prior_local).sum(0)])
+            z = _local_values(model_trace, guide_trace, k, b)
+            if mean_sum is None:
+                mean_sum = z.new_zeros((len(x), z.shape[-1]))
+            mean_sum[data] += z
+    out = [acc - math.log(num_samples), sums[0] / num_samples, sums[1] / num_samples, sums[2] / num_samples, mean_sum / num_samples]
+    return LikelihoodResult(*(t.cpu() for t in out), num_samples, chunk_size)
 
-    with pyro.settings.context(module_local_params=True), pyro.validation_enabled(False):
-        if gen_state is not None:
-            gen_state.__enter__()
-            torch.manual_seed(seed)
-        try:
-            for start in tqdm(range(0, len(x), batch), disable=not progress, desc="log-likelihood", leave=False):
-                xb = x[start : start + batch].to(device)
-                m, g = _with_fixed_globals(model, guide, xb)
-                acc = torch.full((len(xb),), -math.inf, device=device)
-                sums = torch.zeros(3, len(xb), device=device)
-                mean_sum, done = None, 0
-                while done < num_samples:
-                    k = min(per_chunk, num_samples - done)
-                    model_trace, guide_trace = get_traces(m, g, xb, num_particles=k)
-                    if done == 0 and start == 0:
-                        check_sites(model_trace, guide_trace)
-                    t = trace_terms(model_trace, guide_trace)
-                    lw = t.log_weight
-                    acc = torch.logaddexp(acc, torch.logsumexp(lw, 0))
-                    sums += torch.stack([lw.sum(0), t.log_likelihood.sum(0), (t.log_q_local - t.log_prior_local).sum(0)])
-                    z = _local_values(model_trace, guide_trace, k, len(xb))
-                    mean_sum = z if mean_sum is None else mean_sum + z
-                    done += k
-                out["log_px"].append(acc - math.log(num_samples))
-                out["elbo"].append(sums[0] / num_samples)
-                out["recon"].append(sums[1] / num_samples)
-                out["kl"].append(sums[2] / num_samples)
-                out["mean"].append(mean_sum / num_samples)
-        finally:
-            if gen_state is not None:
-                gen_state.__exit__(None, None, None)
-    cat = {k: torch.cat(v).cpu() for k, v in out.items()}
-    return LikelihoodResult(cat["log_px"], cat["elbo"], cat["recon"], cat["kl"], cat["mean"], num_samples, chunk_size)
+
+@torch.no_grad()
+def log_weights(model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int | None = 0) -> torch.Tensor:
+    """The importance log-weights ``log p(x_n, z_s) - log q(z_s | x_n)``, ``z_s ~ q(z | x_n)``: ``(num_samples, N)``.
+
+    The same draws as :func:`log_likelihood` with the same seed (``logsumexp`` over dim 0 minus
+    ``log num_samples`` is its ``log_px``); e.g. for PSIS diagnostics (:mod:`pyro_gen.analysis.psis`).
+    """
+    device = _device(model)
+    out = None
+    with _drawing(device, seed):
+        for particles, data, model_trace, guide_trace in _importance_draws(model, guide, x, num_samples, chunk_size, device):
+            lw = trace_terms(model_trace, guide_trace).log_weight
+            if out is None:
+                out = lw.new_empty((num_samples, len(x)))
+            out[particles, data] = lw
+    return out.cpu()
 
 
 def _local_values(model_trace, guide_trace, k: int, b: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Generative models as Pyro programs."""
 
+from pyro_gen.models.gmm import GaussianMixture, gmm
 from pyro_gen.models.latent import Latent, LatentModel
 from pyro_gen.models.likelihoods import (
     Bernoulli,
@@ -14,6 +15,7 @@ from pyro_gen.models.likelihoods import (
 from pyro_gen.models.vae import vae
 
 __all__ = [
+    "GaussianMixture",
     "Latent",
     "LatentModel",
     "Likelihood",
@@ -24,5 +26,6 @@ __all__ = [
     "Poisson",
     "likelihood_names",
     "make_likelihood",
+    "gmm",
     "vae",
 ]
