@@ -26,19 +26,21 @@ from pyro_gen.errors import (
 )
 from pyro_gen.evaluation import LikelihoodResult, evaluate, log_likelihood
 from pyro_gen.guides import AmortizedGuide, guide_names, make_guide
-from pyro_gen.infer import ELBO, IWAE, PyroELBO, TraceObjective, check_sites, get_traces, make_objective, trace_terms
+from pyro_gen.infer import ELBO, IWAE, Adversarial, PyroELBO, TraceObjective, check_sites, get_traces, make_objective, trace_terms
 from pyro_gen.infer.trainer import TensorBatches, Trainer
-from pyro_gen.models import Latent, LatentModel, make_likelihood, vae
+from pyro_gen.models import GANGenerator, Latent, LatentModel, gan, gan_critic, make_likelihood, vae
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adversarial",
     "AmortizedGuide",
     "ChecksumError",
     "ConfigError",
     "DataError",
     "DataNotFoundError",
     "ELBO",
+    "GANGenerator",
     "IWAE",
     "Latent",
     "LatentModel",
@@ -53,6 +55,8 @@ __all__ = [
     "TrainingDivergedError",
     "check_sites",
     "evaluate",
+    "gan",
+    "gan_critic",
     "get_traces",
     "guide_names",
     "log_likelihood",

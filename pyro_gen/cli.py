@@ -1,4 +1,4 @@
-"""The ``pyro-gen`` command line: ``train``, ``evaluate``, ``sample``, ``compare``, ``download``, ``list``.
+"""The ``pyro-gen`` command line: ``train``, ``evaluate``, ``sample``, ``compare``, ``analyze``, ``download``, ``list``.
 
 Errors that users can fix (bad config keys, unknown names, missing data) are printed as
 one clear line with exit status 2, without a traceback.
@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from pyro_gen.errors import ConfigError, PyroGenError
+
+ANALYZE_POINTS = 100  # pyro_gen.run.ANALYZE_POINTS, repeated so that --help does not import torch
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=1, help="guides trained at once in worker processes (CPU threads are shared)")
     c.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
+    a = sub.add_parser(
+        "analyze",
+        help="Bayesian diagnostics with ArviZ into the run directory: summary.csv and plots "
+        "(Gaussian mixture: trace, rank, pair, ppc, loo.json; VAE: local posteriors, per-point k-hat)",
+    )
+    a.add_argument("run_dir")
+    a.add_argument(
+        "--points",
+        type=int,
+        help=f"VAE runs: test points (a seeded random draw) whose local posteriors q(z | x) are drawn (default {ANALYZE_POINTS})",
+    )
+    a.add_argument("--draws", type=int, default=1000, help="draws per local posterior, or from a variational posterior (default 1000)")
+    a.add_argument("--khat-samples", type=int, help="VAE runs: importance draws per point for k-hat (default: the run's eval settings)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the chosen points and of the draws")
+
     d = sub.add_parser("download", help="download a dataset into the data directory (with checksums)")
     d.add_argument("name")
     d.add_argument("--data-dir", help="default: $PYRO_GEN_DATA or ~/.pyro_gen/data")
@@ -75,10 +92,31 @@ def _train(args) -> None:
     else:
         overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
         config = load_config(args.config, overrides)
-        run_dir = args.run_dir or f"runs/{config.data.name}-{config.guide.name.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = args.run_dir or f"runs/{config.data.name}-{_run_label(config)}-{time.strftime('%Y%m%d-%H%M%S')}"
         metrics = train(config, run_dir)
         print(f"run directory: {run_dir}")
-    print(f"test NLL {metrics['test_nll']:.3f} nats (K={metrics['nll_samples']}), test ELBO {metrics['test_elbo']:.3f}")
+    print(_scores_line(metrics))
+
+
+def _run_label(config) -> str:
+    if config.model.kind == "gmm":
+        return f"gmm-{config.train.method if config.train.method == 'nuts' else config.guide.name}"
+    return config.guide.name.replace(":", "-")
+
+
+def _scores_line(m: dict) -> str:
+    """One line of a run's test scores (a VAE's importance-sampled NLL, or a Gaussian mixture's exact log-likelihood)."""
+    if "test_log_likelihood" in m:
+        at = "the posterior mean" if m["protocol"]["method"] == "nuts" else f"the {m['guide']} guide's estimate"
+        line = f"test log-likelihood {m['test_log_likelihood']:.4f} nats per point at {at} (train {m['train_log_likelihood']:.4f})"
+        if m.get("test_lpd") is not None:
+            r_hat = "n/a" if m["r_hat_max"] is None else f"{m['r_hat_max']:.3f}"
+            line += f", posterior predictive {m['test_lpd']:.4f}; {m['divergences']} divergences, max R-hat {r_hat}"
+        return line
+    line = f"test NLL {m['test_nll']:.3f} nats (K={m['nll_samples']}), test ELBO {m['test_elbo']:.3f}, active units {m['active_units']}"
+    if m.get("khat_mean") is not None:
+        line += f", k-hat mean {m['khat_mean']:.2f} ({100 * m['khat_share_above_0.7']:.0f}% of points above 0.7)"
+    return line
 
 
 def _compare(args) -> None:
@@ -123,15 +161,18 @@ def main(argv=None) -> int:
             from pyro_gen.run import evaluate_run
 
             m = evaluate_run(args.run_dir, nll_samples=args.nll_samples, device=args.device, figures=False if args.no_figures else None)
-            print(
-                f"test NLL {m['test_nll']:.3f} nats (K={m['nll_samples']}), test ELBO {m['test_elbo']:.3f}, active units {m['active_units']}"
-            )
+            print(_scores_line(m))
         elif args.command == "sample":
             from pyro_gen.run import sample_run
 
             print(f"wrote {sample_run(args.run_dir, args.num, args.out, args.seed)}")
         elif args.command == "compare":
             _compare(args)
+        elif args.command == "analyze":
+            from pyro_gen.run import analyze_run
+
+            paths = analyze_run(args.run_dir, points=args.points, draws=args.draws, seed=args.seed, khat_samples=args.khat_samples)
+            print(f"wrote {', '.join(p.name for p in paths)} into {args.run_dir}")
         elif args.command == "download":
             from pyro_gen.data import download_dataset
 

@@ -33,7 +33,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The generative model (``kind: vae``)."""
+    """The generative model: ``kind: vae`` (``latent_dim`` ... ``likelihood_scale``) or ``kind: gmm``
+    (a Gaussian mixture of ``components`` components with ``covariance`` ``diag`` or ``full``)."""
 
     kind: str = "vae"
     latent_dim: int = 40
@@ -41,11 +42,17 @@ class ModelConfig:
     net: str = "mlp"
     likelihood: str = "bernoulli"
     likelihood_scale: float | str = "learned"
+    components: int = 3
+    covariance: str = "diag"
 
 
 @dataclass
 class GuideConfig:
-    """The guide by name (``normal``, ``planar:10``, ...); its encoder uses the model's hidden sizes unless given."""
+    """The guide by name (``normal``, ``planar:10``, ...); its encoder uses the model's hidden sizes unless given.
+
+    For ``model.kind: gmm`` the guide is an autoguide over the mixture's global sites:
+    ``delta`` (MAP) or ``normal`` (mean-field Gaussian).
+    """
 
     name: str = "normal"
     hidden: list | None = None
@@ -66,8 +73,15 @@ class ObjectiveConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and hardware."""
+    """Optimisation and hardware.
 
+    ``method: svi`` fits by stochastic gradient steps on the objective (the one trainer);
+    ``method: nuts`` (``model.kind: gmm`` only) samples the posterior with NUTS instead:
+    ``num_samples`` draws per chain after ``warmup`` steps, ``chains`` chains (sequential when
+    the machine has fewer free CPUs), ``jit`` compiles the potential energy.
+    """
+
+    method: str = "svi"
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
@@ -76,15 +90,25 @@ class TrainConfig:
     device: str = "cpu"
     clip_norm: float | None = None
     progress: bool = True
+    num_samples: int = 1000
+    warmup: int = 1000
+    chains: int = 1
+    jit: bool = True
 
 
 @dataclass
 class EvalConfig:
-    """Test-set evaluation after training (and for ``pyro-gen evaluate``)."""
+    """Test-set evaluation after training (and for ``pyro-gen evaluate``).
+
+    ``khat_samples``: importance draws per test point for the PSIS k-hat diagnostic of the
+    guide. ``null`` (default): the test NLL's own ``nll_samples`` draws, at no extra cost;
+    ``0``: no k-hat; another number: a second pass with that many draws.
+    """
 
     nll_samples: int = 1000
     chunk_size: int = 32768
     images: bool = True
+    khat_samples: int | None = None
 
 
 @dataclass

@@ -1,14 +1,16 @@
 """End-to-end tests of the ``pyro-gen`` command line, through ``pyro_gen.cli.main([...])`` and the installed script.
 
 Every run is tiny (scikit-learn's bundled 8x8 digits, 200 training images, latent 2, hidden [16],
-K=10 importance samples) and lives in a tmp directory. One 2-epoch run is trained once per module
-and shared: tests that would change it (evaluate, resume) work on a copy.
+K=10 importance samples; Gaussian mixtures on iris and on 60 points of gmm2d) and lives in a tmp
+directory. Runs are trained once per module and shared: tests that would change them (evaluate,
+resume, analyze) work on a copy.
 """
 
 import contextlib
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -284,7 +287,8 @@ def test_sample_writes_a_png_grid(trained_run, tmp_path):
 def test_compare_trains_each_guide_and_writes_csv_and_markdown(tmp_path):
     out_dir = tmp_path / "cmp"
     argv = ["compare", "--data", "digits", "--guides", "normal,planar:2", "--epochs", 1, "--train-size", 200, "--test-size", 50]
-    argv += ["--nll-samples", 10, "--seed", 0, "--device", "cpu", "--out", out_dir]
+    # K=30 draws: enough for the k-hat columns' tail fits (at least 21)
+    argv += ["--nll-samples", 30, "--seed", 0, "--device", "cpu", "--out", out_dir]
     # positional section.key=value overrides: binarize the digits for the (default) Bernoulli likelihood, keep the models tiny
     argv += [
         "data.binarize=dynamic",
@@ -300,26 +304,28 @@ def test_compare_trains_each_guide_and_writes_csv_and_markdown(tmp_path):
     with open(out_dir / "compare.csv", newline="") as f:
         reader = csv.DictReader(f)
         columns, rows = reader.fieldnames, list(reader)
-    required = ["guide", "test_nll", "test_elbo", "kl", "seconds_per_epoch", "parameters", "nll_samples"]
-    assert set(required) <= set(columns), columns
-    assert columns[0] == "guide"
+    required = ["guide", "test_nll", "test_elbo", "kl", "active_units", "seconds_per_epoch", "parameters", "nll_samples", "epochs"]
+    assert columns == required + ["khat_mean", "khat_gt_0.7"], columns  # the k-hat columns come last
     assert [r["guide"] for r in rows] == ["normal", "planar:2"]  # one row per guide, in the order given
     for r in rows:
-        assert int(r["nll_samples"]) == 10 and int(r["parameters"]) > 0
+        assert int(r["nll_samples"]) == 30 and int(r["parameters"]) > 0
         assert float(r["test_nll"]) <= -float(r["test_elbo"]) + 1e-3
+        assert -1 < float(r["khat_mean"]) < 5 and 0 <= float(r["khat_gt_0.7"]) <= 1
     # the flow adds parameters to the same encoder and decoder
     assert int(rows[1]["parameters"]) > int(rows[0]["parameters"])
 
     md = (out_dir / "compare.md").read_text()
     assert md.startswith("Data: digits (train 200, test 50, subset seed 0)")
-    assert "K=10" in md.splitlines()[0]
+    assert "K=30" in md.splitlines()[0] and "khat_gt_0.7: share of test points with k-hat > 0.7" in md.splitlines()[0]
     assert "| " + " | ".join(columns) + " |" in md
     assert sum(line.startswith("| normal |") or line.startswith("| planar:2 |") for line in md.splitlines()) == 2
     assert md.strip() in out  # the table is also printed
 
-    for name, folder in [("normal", "normal"), ("planar:2", "planar-2")]:
+    for (name, folder), row in zip([("normal", "normal"), ("planar:2", "planar-2")], rows):
         m = json.loads((out_dir / folder / "metrics.json").read_text())
-        assert m["guide"] == name and m["epochs"] == 1 and m["nll_samples"] == 10
+        assert m["guide"] == name and m["epochs"] == 1 and m["nll_samples"] == 30
+        assert m["khat_samples"] == 30 and "the test NLL's own draws" in m["protocol"]["khat_estimator"]
+        assert float(row["khat_mean"]) == pytest.approx(m["khat_mean"]) and float(row["khat_gt_0.7"]) == m["khat_share_above_0.7"]
         assert m["protocol"]["test"]["n"] == 50 and m["protocol"]["test"]["subset_seed"] == 0
 
 
@@ -397,6 +403,240 @@ def test_sample_on_a_missing_directory(tmp_path, capsys):
     missing = tmp_path / "nosuch"
     message = _fails(["sample", missing], capsys)
     assert str(missing) in message and "not a directory" in message
+
+
+# -- k-hat of the guide's importance weights -------------------------------------------------------
+def test_khat_needs_enough_draws_and_says_so(trained_run):
+    # the shared run has K=10 draws per test point: too few for a Pareto tail fit (at least 21)
+    m = json.loads((trained_run[0] / "metrics.json").read_text())
+    assert m["khat_mean"] is None and m["khat_share_above_0.7"] is None and m["khat_samples"] is None
+    assert "too few for a tail fit" in m["protocol"]["khat_estimator"] and "eval.khat_samples" in m["protocol"]["khat_estimator"]
+
+
+def test_khat_in_metrics_json_is_fitted_to_the_nll_estimate_own_draws(trained_run, tmp_path):
+    from pyro_gen.analysis.psis import psis_khat
+    from pyro_gen.evaluation.likelihood import log_weights
+    from pyro_gen.run import fixed_test_data, load_run
+
+    run_dir = _copy_run(trained_run[0], tmp_path)
+    code, out = _run(["evaluate", run_dir, "--nll-samples", 25, "--no-figures"])
+    assert code == 0, out
+    assert "k-hat mean" in out
+    m = json.loads((run_dir / "metrics.json").read_text())
+    # recompute independently: the full (K, N) log-weight matrix with the run's seed, then one tail fit per column
+    config, model, guide, splits = load_run(run_dir)
+    x = fixed_test_data(splits["test"], config.data.seed)
+    lw = log_weights(model, guide, x, num_samples=25, chunk_size=config.eval.chunk_size, seed=config.train.seed)
+    assert m["test_nll"] == pytest.approx(-(lw.logsumexp(0) - math.log(25)).mean().item(), rel=1e-5)  # the same draws
+    khat = psis_khat(lw)
+    assert m["khat_mean"] == pytest.approx(khat[torch.isfinite(khat)].mean().item(), rel=1e-6)
+    assert m["khat_max"] == pytest.approx(khat.max().item(), rel=1e-6)
+    assert m["khat_share_above_0.7"] == pytest.approx((khat > 0.7).double().mean().item())
+    assert m["khat_samples"] == 25
+
+
+def test_khat_samples_asks_for_a_second_pass_or_none(trained_run, tmp_path):
+    run_dir = _copy_run(trained_run[0], tmp_path)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["eval"]["khat_samples"] = 40
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    assert _run(["evaluate", run_dir, "--no-figures"])[0] == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["nll_samples"] == 10 and m["khat_samples"] == 40 and "second pass" in m["protocol"]["khat_estimator"]
+    assert m["khat_mean"] is not None
+    config["eval"]["khat_samples"] = 0
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    assert _run(["evaluate", run_dir, "--no-figures"])[0] == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["khat_mean"] is None and "eval.khat_samples: 0" in m["protocol"]["khat_estimator"]
+
+
+# -- Gaussian mixtures ----------------------------------------------------------------------------------
+GMM_IRIS = REPO / "configs" / "gmm_iris_map.yaml"
+GMM_NUTS = REPO / "configs" / "gmm_nuts.yaml"
+# gmm_nuts.yaml made tiny: 60 points, diagonal covariances, 2 chains of 10 draws after 10 warm-up steps
+TINY_NUTS = [
+    "data.train_size=60",
+    "data.test_size=200",
+    "model.covariance=diag",
+    "train.num_samples=10",
+    "train.warmup=10",
+    "train.chains=2",
+    "train.jit=false",
+    "train.progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def nuts_run(tmp_path_factory) -> Path:
+    """One tiny NUTS run of the Gaussian mixture on gmm2d, trained once for the module; treat it as read-only."""
+    run_dir = tmp_path_factory.mktemp("nuts") / "run"
+    code, out = _run(["train", GMM_NUTS, *TINY_NUTS, "--run-dir", run_dir])
+    assert code == 0, out
+    return run_dir
+
+
+def test_gmm_map_run_reaches_the_sklearn_em_fit_from_the_same_kmeans(tmp_path):
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    from pyro_gen.data import load_dataset
+    from pyro_gen.infer.gmm_fit import kmeans
+    from pyro_gen.models import gmm
+
+    run_dir = tmp_path / "iris"
+    code, out = _run(["train", GMM_IRIS, "train.epochs=300", "train.progress=false", "--run-dir", run_dir])
+    assert code == 0, out
+    assert "test log-likelihood" in out
+    for name in ["config.yaml", "metrics.jsonl", "best.pt", "last.pt", "metrics.json", "clusters.png"]:
+        assert (run_dir / name).is_file(), name
+    _assert_png(run_dir / "clusters.png", min_side=100)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["guide"] == "delta" and m["epochs"] == 300 and "TraceEnum_ELBO" in m["objective"]
+    assert m["protocol"]["train"]["n"] == 120 and m["protocol"]["test"]["n"] == 30 and m["protocol"]["method"] == "svi"
+    # scikit-learn's EM, started from the same k-means partition, on the same standardized training split
+    x = load_dataset("iris", "train").x
+    init = gmm(3, 4, "full").params_from_labels(x, kmeans(x, 3, seed=0))
+    covs = (init["scales"].unsqueeze(-1) * init["corr_chol"]).double()
+    covs = covs @ covs.transpose(-1, -2)
+    sk = SkGaussianMixture(
+        3, covariance_type="full", weights_init=(init["weights"].double() / init["weights"].double().sum()).numpy(), means_init=init["locs"].double().numpy(),
+        precisions_init=torch.linalg.inv(covs).numpy(), max_iter=2000, tol=1e-8,
+    ).fit(x.double().numpy())  # fmt: skip
+    assert abs(m["train_log_likelihood"] - sk.score(x.double().numpy())) < 0.01 * abs(sk.score(x.double().numpy()))
+    test = load_dataset("iris", "test").x.double().numpy()
+    assert abs(m["test_log_likelihood"] - sk.score(test)) < 0.05 * abs(sk.score(test))
+
+
+def test_gmm_nuts_run_saves_its_posterior_as_inference_data(nuts_run):
+    import arviz
+
+    from pyro_gen.data import load_dataset
+
+    assert {"config.yaml", "posterior.nc", "metrics.json", "training.json"} <= {p.name for p in nuts_run.iterdir()}
+    assert not (nuts_run / "last.pt").exists()  # MCMC is not SGD: no trainer, no checkpoints
+    idata = arviz.from_netcdf(str(nuts_run / "posterior.nc"))
+    assert {"posterior", "sample_stats", "log_likelihood", "posterior_predictive", "observed_data"} <= set(idata.groups())
+    assert idata.posterior["locs"].dims == ("chain", "draw", "component", "coordinate") and idata.posterior["locs"].shape == (2, 10, 3, 2)
+    assert set(idata.posterior.data_vars) == {"weights", "locs", "scales"}  # the assignments are enumerated, not sampled
+    assert (np.diff(idata.posterior["locs"].values[..., 0], axis=-1) > 0).all()  # ordered components: no label switching
+    assert idata.sample_stats["diverging"].dtype == bool and idata.sample_stats["diverging"].shape == (2, 10)
+    assert idata.log_likelihood["x"].shape == (2, 10, 60) and idata.posterior_predictive["x"].shape == (2, 10, 60, 2)
+    np.testing.assert_array_equal(idata.observed_data["x"].values, load_dataset("gmm2d", "train", n=60).x.numpy())
+
+
+def test_gmm_nuts_metrics_are_the_test_density_at_the_posterior_mean(nuts_run):
+    import arviz
+    from scipy import stats
+
+    from pyro_gen.data import load_dataset
+
+    m = json.loads((nuts_run / "metrics.json").read_text())
+    assert m["guide"] == "nuts" and m["protocol"]["method"] == "nuts"
+    assert m["protocol"]["nuts"] == {"num_samples": 10, "warmup": 10, "chains": 2}
+    idata = arviz.from_netcdf(str(nuts_run / "posterior.nc"))
+    assert m["divergences"] == int(idata.sample_stats["diverging"].values.sum())
+    # independent check: scipy's mixture density at the posterior means, on the test split
+    mean = {k: idata.posterior[k].values.mean((0, 1)) for k in ("weights", "locs", "scales")}
+    x = load_dataset("gmm2d", "test", n=200).x.double().numpy()
+    comps = [
+        np.log(w) + stats.multivariate_normal(mu, np.diag(s**2)).logpdf(x)
+        for w, mu, s in zip(mean["weights"], mean["locs"], mean["scales"])
+    ]
+    assert m["test_log_likelihood"] == pytest.approx(np.logaddexp.reduce(comps, 0).mean(), rel=1e-4)
+    assert math.isfinite(m["test_lpd"]) and m["r_hat_max"] > 0.9 and m["ess_bulk_min"] > 0
+
+
+def test_analyze_a_nuts_run_writes_summary_plots_and_loo(nuts_run, tmp_path):
+    run_dir = _copy_run(nuts_run, tmp_path)
+    code, out = _run(["analyze", run_dir])
+    assert code == 0, out
+    with open(run_dir / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["", "mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"]
+    import arviz
+
+    idata = arviz.from_netcdf(str(run_dir / "posterior.nc"))
+    by_name = {r[""]: r for r in rows}
+    assert float(by_name["locs[1, 0]"]["mean"]) == pytest.approx(idata.posterior["locs"].values[..., 1, 0].mean(), abs=1e-3)
+    assert float(by_name["weights[2]"]["r_hat"]) > 0.9
+    for name in ["trace.png", "rank.png", "pair.png", "ppc.png", "loo_khat.png"]:
+        _assert_png(run_dir / name, min_side=100)
+    loo = json.loads((run_dir / "loo.json").read_text())
+    assert loo["loo"]["n_data_points"] == 60 and len(loo["loo"]["pareto_k"]) == 60 and loo["loo"]["n_samples"] == 20
+    assert sum(loo["loo"]["pareto_k_counts"].values()) == 60
+    assert loo["loo"]["elpd_loo"] == pytest.approx(loo["waic"]["elpd_waic"], rel=0.05)  # two estimates of the same elpd
+
+
+def test_analyze_a_vae_run_writes_local_posteriors_and_khat(trained_run, tmp_path):
+    import arviz
+
+    run_dir = _copy_run(trained_run[0], tmp_path)
+    code, out = _run(["analyze", run_dir, "--points", 7, "--draws", 40, "--seed", 3])
+    assert code == 0, out
+    idata = arviz.from_netcdf(str(run_dir / "posterior_local.nc"))
+    z = idata.posterior["z"]
+    assert z.dims == ("chain", "draw", "data", "z_dim_1") and z.shape == (1, 40, 7, 2)
+    chosen = z["data"].values
+    assert len(set(chosen)) == 7 and (chosen < 50).all() and list(chosen) != list(range(7))  # a seeded draw, not the first rows
+    with open(run_dir / "khat.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["datapoint"]) for r in rows] == list(chosen)
+    assert all(math.isfinite(float(r["log_px"])) for r in rows) and all(float(r["khat"]) > -10 for r in rows)
+    for name in ["khat_hist.png", "pair_local.png"]:
+        _assert_png(run_dir / name, min_side=100)
+    assert (run_dir / "summary.csv").read_text().startswith(",mean,sd,hdi_3%,hdi_97%")
+    # the same seed draws the same points
+    again = _copy_run(trained_run[0], tmp_path / "again")
+    assert _run(["analyze", again, "--points", 7, "--draws", 40, "--seed", 3])[0] == 0
+    assert list(arviz.from_netcdf(str(again / "posterior_local.nc")).posterior["data"].values) == list(chosen)
+
+
+# -- Gaussian mixture and analyze errors: exit status 2 and one clear line ------------------------------
+def test_analyze_on_a_directory_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a run")
+    message = _fails(["analyze", tmp_path], capsys)
+    assert "not a pyro_gen run directory" in message and "config.yaml" in message
+
+
+def test_analyze_local_posteriors_of_a_mixture_is_refused(nuts_run, capsys):
+    message = _fails(["analyze", nuts_run, "--points", 10], capsys)
+    assert "--points" in message and "no local latent sites" in message and "drop --points" in message
+
+
+def test_analyze_a_map_point_estimate_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "map"
+    assert _run(["train", GMM_IRIS, "train.epochs=2", "train.progress=false", "eval.images=false", "--run-dir", run_dir])[0] == 0
+    message = _fails(["analyze", run_dir], capsys)
+    assert "MAP point estimate" in message and "guide.name=normal" in message and "train.method=nuts" in message
+    assert "Gaussian mixture run" in _fails(["sample", run_dir], capsys)
+    assert "drop --nll-samples" in _fails(["evaluate", run_dir, "--nll-samples", 100], capsys)
+
+
+@pytest.mark.parametrize(
+    "config, overrides, expected",
+    [
+        (QUICKSTART, ["train.method=nuts"], "train.method: nuts samples the global parameters of a Gaussian mixture"),
+        (QUICKSTART, ["train.method=hmc"], "unknown train.method 'hmc'; choose 'svi'"),
+        (GMM_IRIS, ["guide.name=planar:2"], "guide.name 'planar:2' is not a guide of a Gaussian mixture"),
+        (GMM_IRIS, ["objective.beta=0.5"], "objective.beta is an option of the VAE's ELBO"),
+        (GMM_IRIS, ["model.covariance=spherical"], "unknown model.covariance 'spherical'; choose 'diag' or 'full'"),
+        (GMM_IRIS, ["data.name=digits"], "model.kind: gmm needs vector data"),
+        (GMM_IRIS, ["data.valid_size=10"], "data.valid_size is set but 'iris' has no valid split"),
+        (GMM_IRIS, ["model.component=2"], "did you mean 'model.components'"),
+        (GMM_NUTS, ["train.num_sample=10"], "did you mean 'train.num_samples'"),
+        (GMM_NUTS, ["train.chains=0"], "train.chains >= 1"),
+        (QUICKSTART, ["eval.khat_samples=5"], "eval.khat_samples must be null"),
+    ],
+)
+def test_bad_gmm_and_method_settings_are_one_clear_line(config, overrides, expected, tmp_path, capsys):
+    message = _fails(["train", config, *overrides, "--run-dir", tmp_path / "run"], capsys)
+    assert expected in message
+    assert not (tmp_path / "run").exists(), "the run directory was written before the config was checked"
+
+
+def test_resuming_a_nuts_run_is_refused(nuts_run, tmp_path, capsys):
+    run_dir = _copy_run(nuts_run, tmp_path)
+    assert "cannot be resumed" in _fails(["train", "--resume", "--run-dir", run_dir], capsys)
 
 
 # -- the installed script -------------------------------------------------------------------------------

@@ -36,6 +36,11 @@ def write(tmp_path, text, name="config.yaml") -> Path:
         ({"train": {"epocs": 2}}, "'train.epocs'", "'train.epochs'"),
         ({"model": {"latentdim": 2}}, "'model.latentdim'", "'model.latent_dim'"),
         ({"objective": {"warmup": 2}}, "'objective.warmup'", "'objective.warmup_epochs'"),
+        ({"model": {"component": 2}}, "'model.component'", "'model.components'"),
+        ({"model": {"covariances": "full"}}, "'model.covariances'", "'model.covariance'"),
+        ({"train": {"num_sample": 10}}, "'train.num_sample'", "'train.num_samples'"),
+        ({"train": {"chain": 4}}, "'train.chain'", "'train.chains'"),
+        ({"eval": {"khat_sample": 100}}, "'eval.khat_sample'", "'eval.khat_samples'"),
     ],
 )
 def test_unknown_key_is_named_with_the_closest_valid_key(raw, named, suggested):
@@ -80,6 +85,12 @@ def test_malformed_override_is_an_error(override):
         ("guide", "hidden", 300),
         ("train", "device", 0),
         ("train", "epochs", None),  # null only where the key is optional
+        ("model", "components", "three"),
+        ("model", "components", 2.0),
+        ("train", "chains", None),
+        ("train", "jit", "yes"),
+        ("train", "method", 1),
+        ("eval", "khat_samples", 10.5),
     ],
 )
 def test_wrong_value_type_is_an_error_naming_the_key(section, key, value):
@@ -153,6 +164,28 @@ def test_guide_shorthand_string_means_the_guide_name(tmp_path):
     # an override of another guide key keeps the shorthand's name
     config = load_config(write(tmp_path, "guide: planar:4\n"), ["guide.global_guide=delta"])
     assert (config.guide.name, config.guide.global_guide) == ("planar:4", "delta")
+
+
+@pytest.mark.parametrize("name", ["gmm_iris_map.yaml", "gmm_nuts.yaml"])
+def test_shipped_gmm_configs_load_and_pass_the_run_checks(name):
+    from pyro_gen.run import check_config
+
+    config = load_config(REPO / "configs" / name)
+    check_config(config)  # no ConfigError: a setting the run layer would refuse
+    assert config.model.kind == "gmm" and config.model.components == 3 and config.model.covariance == "full"
+    if name == "gmm_nuts.yaml":
+        assert (config.data.name, config.train.method, config.train.chains) == ("gmm2d", "nuts", 4)
+    else:
+        assert (config.data.name, config.guide.name, config.train.method) == ("iris", "delta", "svi")
+
+
+def test_gmm_and_sampler_keys_have_defaults_and_types():
+    config = from_dict(
+        {"model": {"kind": "gmm", "components": 2}, "train": {"method": "nuts", "chains": 2}, "eval": {"khat_samples": None}}
+    )
+    assert (config.model.components, config.model.covariance) == (2, "diag")
+    assert (config.train.num_samples, config.train.warmup, config.train.chains, config.train.jit) == (1000, 1000, 2, True)
+    assert config.eval.khat_samples is None and from_dict({"eval": {"khat_samples": 0}}).eval.khat_samples == 0
 
 
 def test_shipped_quickstart_config_loads():

@@ -3,7 +3,7 @@
 The code cells of each notebook run in order in one namespace (as a kernel would run them),
 with matplotlib on the non-interactive Agg backend and the working directory set to a
 temporary folder. Environment variables shrink the notebooks' parameters (epochs, importance
-samples) so the whole file runs in seconds. A failing cell fails the test with its index.
+samples, NUTS draws) so the whole file runs in seconds. A failing cell fails the test with its index.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 SMALL_SETTINGS = {
     "PYRO_GEN_NB_EPOCHS": "2",
     "PYRO_GEN_NB_NLL_SAMPLES": "20",
+    "PYRO_GEN_NB_GMM_POINTS": "60",  # 02: training points of the Bayesian mixture
+    "PYRO_GEN_NB_NUTS_SAMPLES": "10",  # 02: NUTS draws (and warm-up steps) per chain
+    "PYRO_GEN_NB_KHAT_SAMPLES": "30",  # 02: importance draws per test image for k-hat (a tail fit needs at least 21)
 }
 
 

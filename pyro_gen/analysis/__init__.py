@@ -1,10 +1,20 @@
-"""Looking at fitted models: figures, PSIS diagnostics of guides, ArviZ InferenceData.
+"""Looking at fitted models: figures, PSIS diagnostics of guides, ArviZ InferenceData and reports.
 
 The ArviZ adapter (``from_mcmc``, ``from_guide``, ``from_local_posterior``) is imported on first
-use, so the figures and diagnostics do not pay for importing ArviZ.
+use, so the figures and diagnostics do not pay for importing ArviZ; so is
+:mod:`pyro_gen.analysis.report` (summaries, diagnostic plots, LOO / WAIC files of ``pyro-gen analyze``).
 """
 
-from pyro_gen.analysis.plots import image_grid, interpolate, posterior_means, reconstructions, sample_images, save_image_grid, write_figures
+from pyro_gen.analysis.plots import (
+    image_grid,
+    interpolate,
+    mixture_figure,
+    posterior_means,
+    reconstructions,
+    sample_images,
+    save_image_grid,
+    write_figures,
+)
 from pyro_gen.analysis.psis import KhatResult, guide_khat, psis_khat
 
 _ARVIZ_ADAPTER = ("from_guide", "from_local_posterior", "from_mcmc")
@@ -26,6 +36,7 @@ __all__ = [
     "guide_khat",
     "image_grid",
     "interpolate",
+    "mixture_figure",
     "posterior_means",
     "psis_khat",
     "reconstructions",

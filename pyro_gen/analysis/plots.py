@@ -135,3 +135,38 @@ def _scatter(model, x_test, path: Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+@torch.no_grad()
+def mixture_figure(model, params: dict, x: torch.Tensor, path, title: str = "") -> Path:
+    """A fitted Gaussian mixture over data: points coloured by their most probable component, means marked.
+
+    Shows the first two coordinates (``D > 2``: a projection; ``D = 1``: against the point index).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    x = x.detach().cpu()
+    labels = model.responsibilities(x, {k: v.cpu() for k, v in params.items()}).argmax(-1)
+    locs = params["locs"].detach().cpu()
+    xs, ys = (x[:, 0], x[:, 1]) if x.shape[1] > 1 else (torch.arange(len(x)), x[:, 0])
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.scatter(xs, ys, c=labels, cmap="tab10", vmin=0, vmax=9, s=6, alpha=0.6)
+    if x.shape[1] > 1:
+        ax.scatter(locs[:, 0], locs[:, 1], c=range(len(locs)), cmap="tab10", vmin=0, vmax=9, marker="X", s=120, edgecolors="k")
+    ax.set_xlabel("coordinate 0" if x.shape[1] > 1 else "datapoint")
+    ax.set_ylabel("coordinate 1" if x.shape[1] > 1 else "coordinate 0")
+    ax.set_title(title or f"{model.num_components} components, {model.covariance} covariances", fontsize=9)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -45,6 +45,8 @@ from pyro_gen.errors import DataError
 from pyro_gen.evaluation.likelihood import log_weights as _log_weights
 
 KHAT_THRESHOLD = 0.7
+#: the fewest draws per column whose tail (:func:`tail_length`) has the 5 points a fit needs
+MIN_SAMPLES = 21
 _PRIOR_K_STRENGTH, _PRIOR_K = 10.0, 0.5  # the weakly informative prior on k: 10 pseudo-observations at 0.5
 _PRIOR_B_SCALE = 3.0  # Zhang & Stephens' prior on the GPD's b = -k / sigma, scaled by the first quartile
 

@@ -15,6 +15,7 @@ they are imported only by the code paths that need them.
 from pyro_gen.data.checksums import array_md5, file_digest
 from pyro_gen.data.container import BINARIZATIONS, ArrayData
 from pyro_gen.data.download import download_file
+from pyro_gen.data.gmm2d import gmm2d_truth
 from pyro_gen.data.paths import DATA_DIR_ENV, resolve_data_dir
 from pyro_gen.data.registry import (
     dataset_names,
@@ -34,6 +35,7 @@ __all__ = [
     "download_dataset",
     "download_file",
     "file_digest",
+    "gmm2d_truth",
     "load_dataset",
     "resolve_data_dir",
     "toy_modes",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyro_gen.data import binarized_mnist, digits, frey, mnist, toy
+from pyro_gen.data import binarized_mnist, digits, frey, gmm2d, mnist, tabular, toy
 from pyro_gen.data.container import ArrayData, apply_binarization
 from pyro_gen.data.paths import DataLocation
 from pyro_gen.errors import DataError
@@ -55,6 +55,9 @@ _REGISTRY: dict[str, _Spec] = {
         _GRAYSCALE,
         needs_files=False,
     ),
+    "iris": _Spec(lambda split, loc, dl, n, seed: tabular.load("iris", split), (None,), splits=tabular.SPLITS, needs_files=False),
+    "wine": _Spec(lambda split, loc, dl, n, seed: tabular.load("wine", split), (None,), splits=tabular.SPLITS, needs_files=False),
+    "gmm2d": _Spec(lambda split, loc, dl, n, seed: gmm2d.load(split, n, seed), (None,), generated=True, needs_files=False),
     "ring8": _Spec(_toy_loader("ring8"), (None,), generated=True, needs_files=False),
     "grid25": _Spec(_toy_loader("grid25"), (None,), generated=True, needs_files=False),
 }
@@ -90,7 +93,10 @@ def load_dataset(
     Datasets (see :func:`dataset_names`): ``binarized_mnist`` (static, test
     labels only), ``mnist`` and ``fashion_mnist`` (grayscale, 50000/10000/10000),
     ``frey_faces`` (1565/200/200, no labels), ``digits`` (scikit-learn 8x8,
-    1397/200/200), and the generated 2-D toys ``ring8`` and ``grid25``.
+    1397/200/200), the tabular ``iris`` (120/30) and ``wine`` (142/36) from scikit-learn
+    (train and test only, standardized by the training split's statistics, see
+    :mod:`pyro_gen.data.tabular`), the generated 2-D toys ``ring8`` and ``grid25`` and the
+    3-component mixture ``gmm2d`` with known parameters (:func:`~pyro_gen.data.gmm2d_truth`).
 
     :param name: dataset name.
     :param split: ``"train"``, ``"valid"`` or ``"test"``.
@@ -101,10 +107,11 @@ def load_dataset(
     :param binarize: for grayscale images: ``None`` (keep grayscale),
         ``"threshold"`` (``x > 0.5``) or ``"dynamic"`` (fresh Bernoulli draw on
         every access, see :class:`~pyro_gen.data.ArrayData`). ``binarized_mnist``
-        is already binary and accepts only ``None``/``"static"``; toys accept ``None``.
+        is already binary and accepts only ``None``/``"static"``; toys and tables accept ``None``.
     :param n: for file datasets, take a seeded random subset of ``n`` items
         (:meth:`ArrayData.subset`); for generated toys, the number of points to
-        generate. ``None``: the whole split (toys: 100000 train, 10000 valid/test).
+        generate. ``None``: the whole split (toys: 100000 train, 10000 valid/test;
+        ``gmm2d``: 500 train, 200 valid, 1000 test).
     :param seed: seed of the subset, or of the generated toy points.
     :raises DataError: unknown name, split or binarize value, or bad ``n``/``seed``.
     :raises DataNotFoundError: the files are not in the data directory.
@@ -128,7 +135,7 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Pa
     """Make sure every split of ``name`` is present and verified, downloading if needed.
 
     Meant for ``pyro-gen download NAME``. Datasets without files (``digits``,
-    the toys) need nothing and return at once.
+    ``iris``, ``wine``, the generated ones) need nothing and return at once.
 
     :returns: the data directory.
     """

@@ -118,7 +118,14 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def log_likelihood(
-    model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int | None = 0, progress: bool = False
+    model,
+    guide,
+    x: torch.Tensor,
+    num_samples: int = 1000,
+    chunk_size: int = 2**15,
+    seed: int | None = 0,
+    progress: bool = False,
+    weights_fn=None,
 ) -> LikelihoodResult:
     """Importance-sampled ``log p(x)`` per datapoint with ``num_samples`` draws from the guide.
 
@@ -126,11 +133,15 @@ def log_likelihood(
     :param num_samples: K, importance samples per datapoint.
     :param chunk_size: at most this many (sample, datapoint) pairs per vectorized pass.
     :param seed: seed for the draws (``None``: use the current random state).
+    :param weights_fn: called as ``weights_fn(data, lw)`` once all K draws of a block of
+        datapoints ``x[data]`` (a slice) are made, with their log-weights ``lw`` of shape
+        ``(K, len(block))``: the estimate's own draws, e.g. for per-datapoint PSIS k-hat. A block
+        holds at most ``max(chunk_size, K)`` log-weights, so memory stays bounded.
     """
     device = _device(model)
     acc = torch.full((len(x),), -math.inf, device=device)
     sums = torch.zeros(3, len(x), device=device)
-    mean_sum = None
+    mean_sum = block = None
     with _drawing(device, seed):
         for particles, data, model_trace, guide_trace in _importance_draws(model, guide, x, num_samples, chunk_size, device, progress):
             k, b = particles.stop - particles.start, data.stop - data.start
@@ -142,26 +153,27 @@ def log_likelihood(
             if mean_sum is None:
                 mean_sum = z.new_zeros((len(x), z.shape[-1]))
             mean_sum[data] += z
+            if weights_fn is not None:
+                # a block's particles come in consecutive chunks (_importance_draws), so K*b values suffice
+                if particles.start == 0:
+                    block = lw.new_empty((num_samples, b))
+                block[particles] = lw
+                if particles.stop == num_samples:
+                    weights_fn(data, block)
     out = [acc - math.log(num_samples), sums[0] / num_samples, sums[1] / num_samples, sums[2] / num_samples, mean_sum / num_samples]
     return LikelihoodResult(*(t.cpu() for t in out), num_samples, chunk_size)
 
 
-@torch.no_grad()
 def log_weights(model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int | None = 0) -> torch.Tensor:
     """The importance log-weights ``log p(x_n, z_s) - log q(z_s | x_n)``, ``z_s ~ q(z | x_n)``: ``(num_samples, N)``.
 
-    The same draws as :func:`log_likelihood` with the same seed (``logsumexp`` over dim 0 minus
-    ``log num_samples`` is its ``log_px``); e.g. for PSIS diagnostics (:mod:`pyro_gen.analysis.psis`).
+    The draws of :func:`log_likelihood` with the same seed (``logsumexp`` over dim 0 minus
+    ``log num_samples`` is its ``log_px``), collected by its ``weights_fn``; e.g. for PSIS
+    diagnostics (:mod:`pyro_gen.analysis.psis`).
     """
-    device = _device(model)
-    out = None
-    with _drawing(device, seed):
-        for particles, data, model_trace, guide_trace in _importance_draws(model, guide, x, num_samples, chunk_size, device):
-            lw = trace_terms(model_trace, guide_trace).log_weight
-            if out is None:
-                out = lw.new_empty((num_samples, len(x)))
-            out[particles, data] = lw
-    return out.cpu()
+    blocks = []
+    log_likelihood(model, guide, x, num_samples, chunk_size, seed, weights_fn=lambda data, lw: blocks.append(lw.cpu()))
+    return torch.cat(blocks, -1)  # the blocks come in the order of the datapoints
 
 
 def _local_values(model_trace, guide_trace, k: int, b: int) -> torch.Tensor:

@@ -1,9 +1,11 @@
 """Fitting a :class:`~pyro_gen.models.gmm.GaussianMixture`: MAP / variational by SVI, and NUTS.
 
 Both marginalize the discrete ``assignment`` site by enumeration (``max_plate_nesting=1``):
-:func:`fit_map` optimizes ``TraceEnum_ELBO`` with an autoguide over the global sites only
-(``poutine.block`` hides ``assignment`` and ``x`` from it), and :func:`fit_nuts` runs Pyro's
-NUTS, whose potential energy sums the assignments out. Both start from k-means.
+:func:`fit_map` optimizes ``TraceEnum_ELBO`` (:func:`enum_objective`) with an autoguide over the
+global sites only (:func:`global_guide`; ``poutine.block`` hides ``assignment`` and ``x`` from it)
+by the one :class:`~pyro_gen.infer.trainer.Trainer`, as ``pyro-gen train`` does for a
+``model.kind: gmm`` config; :func:`fit_nuts` runs Pyro's NUTS, whose potential energy sums the
+assignments out. Both start from k-means.
 
 The helpers use only the model's interface (``global_sites``, ``check_data``,
 ``params_from_labels``), so this module does not import the models package.
@@ -84,6 +86,49 @@ def initial_params(model, x: torch.Tensor, init="kmeans", seed: int = 0) -> dict
     return model.params_from_labels(x, labels)
 
 
+GLOBAL_GUIDES = ("delta", "normal")
+
+
+def enum_objective(model, num_particles: int = 1):
+    """The training objective of a mixture: Pyro's ``TraceEnum_ELBO`` (assignments summed out) as a pyro_gen objective."""
+    from pyro_gen.infer.objectives import PyroELBO
+
+    return PyroELBO(TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=model.max_plate_nesting))
+
+
+def global_guide(model, x: torch.Tensor, guide: str = "delta", init="kmeans", seed: int = 0, init_scale: float = 0.01):
+    """An autoguide over the mixture's global sites only, located at ``init``, its parameters created.
+
+    ``poutine.block`` hides ``assignment`` and ``x`` from it: the assignments are enumerated
+    by the objective (:func:`enum_objective`), not guided.
+
+    :param guide: ``"delta"`` (:class:`~pyro.infer.autoguide.AutoDelta`: MAP) or ``"normal"``
+        (:class:`~pyro.infer.autoguide.AutoNormal`: mean-field Gaussian in unconstrained space).
+    :param init: see :func:`initial_params`; the guide's locations start there.
+    :param init_scale: the AutoNormal's initial scale.
+    """
+    check_fit_data(model, x)
+    autos = {"delta": AutoDelta, "normal": AutoNormal}
+    if guide not in autos:
+        raise ConfigError(f"unknown guide {guide!r} for a Gaussian mixture; choose 'delta' (MAP) or 'normal' (AutoNormal)")
+    values = initial_params(model, x, init, seed)
+    exposed = poutine.block(model, expose=model.global_sites)
+    kwargs = {"init_scale": init_scale} if guide == "normal" else {}
+    # the trainer and the evaluator run under module-local params; a PyroModule built outside
+    # that setting lacks the parameter state it needs to enter it
+    with pyro.settings.context(module_local_params=True), pyro.validation_enabled(False):
+        auto = autos[guide](exposed, init_loc_fn=init_to_value(values=values), **kwargs)
+        auto(x[:1])  # creates the parameters (their shapes do not depend on the number of points)
+    return auto
+
+
+@torch.no_grad()
+def point_estimate(guide, x: torch.Tensor) -> dict:
+    """The guide's median of each global site (AutoDelta: the MAP estimate), detached."""
+    with pyro.settings.context(module_local_params=True):
+        return {k: v.detach() for k, v in guide.median(x[:1]).items()}
+
+
 @dataclass
 class MapFit:
     """The result of :func:`fit_map`: point estimates of the globals (the guide's medians), the guide and the losses.
@@ -109,37 +154,23 @@ def fit_map(
 ) -> MapFit:
     """Fit the globals by SVI with ``TraceEnum_ELBO`` (the assignments summed out) over the whole data, with Adam.
 
-    :param guide: ``"delta"`` (:class:`~pyro.infer.autoguide.AutoDelta`: MAP) or ``"normal"``
-        (:class:`~pyro.infer.autoguide.AutoNormal`: mean-field Gaussian in unconstrained space).
+    The one :class:`~pyro_gen.infer.trainer.Trainer` does the steps: one full-data batch per
+    epoch, so ``steps`` is its number of epochs.
+
+    :param guide: ``"delta"`` (MAP) or ``"normal"``, see :func:`global_guide`.
     :param init: see :func:`initial_params`; the guide's locations start there.
     :param init_scale: the AutoNormal's initial scale.
     """
-    check_fit_data(model, x)
-    autos = {"delta": AutoDelta, "normal": AutoNormal}
-    if guide not in autos:
-        raise ConfigError(f"unknown guide {guide!r}; choose 'delta' (MAP) or 'normal'")
+    from pyro_gen.infer.trainer import Trainer
+
     if steps < 1 or not lr > 0:
         raise ConfigError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}")
-    init = initial_params(model, x, init, seed)
-    exposed = poutine.block(model, expose=model.global_sites)
-    kwargs = {"init_scale": init_scale} if guide == "normal" else {}
-    elbo = TraceEnum_ELBO(max_plate_nesting=model.max_plate_nesting)
-    losses = []
-    # as the trainer does: parameters stay in the modules (no global param store), and
-    # Pyro's per-call argument checks are off once our own data check has run
-    with pyro.settings.context(module_local_params=True), pyro.validation_enabled(False):
-        pyro.set_rng_seed(seed)
-        auto = autos[guide](exposed, init_loc_fn=init_to_value(values=init), **kwargs)
-        auto(x)  # creates the parameters
-        optim = torch.optim.Adam(auto.parameters(), lr=lr)
-        for _ in range(steps):
-            optim.zero_grad()
-            loss = elbo.differentiable_loss(model, auto, x) / len(x)
-            loss.backward()
-            optim.step()
-            losses.append(loss.item())
-        params = {k: v.detach() for k, v in auto.median(x).items()}
-    return MapFit(params, auto, losses)
+    auto = global_guide(model, x, guide, init, seed, init_scale)
+    trainer = Trainer(
+        model, auto, enum_objective(model), lr=lr, batch_size=len(x), epochs=steps, device=x.device, seed=seed, progress=False
+    )
+    history = trainer.fit(x)
+    return MapFit(point_estimate(auto, x), auto, [r["train_loss"] for r in history])
 
 
 def fit_nuts(

@@ -20,12 +20,47 @@ References:
 """
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.distributions import kl_divergence
 
 from pyro_gen.errors import ConfigError
 from pyro_gen.infer.traces import auxiliary_sites, get_traces, latent_sites, plate_full_size, reduce_site, trace_terms
+
+
+@dataclass
+class Player:
+    """One player of a multi-player objective (e.g. a GAN's critic or generator).
+
+    An objective with a ``players(model, guide) -> list[Player]`` method and a
+    ``player_loss(name, model, guide, batch, data_size=None)`` method is trained by the
+    :class:`~pyro_gen.infer.trainer.Trainer` with one Adam optimizer per player: on each batch
+    the players step in list order, each on its own loss, a player with ``every=k`` only on
+    every ``k``-th batch (counted over the whole run, so the schedule survives a resume).
+
+    :param name: the player's name (its loss is logged as ``train_<name>_loss``).
+    :param params: the parameters this player's optimizer steps.
+    :param lr: its Adam learning rate (``None``: the trainer's ``lr``).
+    :param betas: its Adam betas (``None``: Adam's default).
+    :param every: step on every ``every``-th batch.
+    :param after_step: called after each of its steps (e.g. a moving average of weights).
+    """
+
+    name: str
+    params: Sequence[torch.nn.Parameter]
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    every: int = 1
+    after_step: Callable[[], None] | None = None
+
+    def __post_init__(self):
+        self.params = list(self.params)
+        if self.every < 1:
+            raise ConfigError(f"player {self.name!r}: every must be >= 1, got {self.every}")
+        if not self.params:
+            raise ConfigError(f"player {self.name!r} has no parameters to train")
 
 
 class TraceObjective:
@@ -53,6 +88,14 @@ class TraceObjective:
     def __call__(self, model, guide, x, **kwargs) -> torch.Tensor:
         model_trace, guide_trace = get_traces(model, guide, x, num_particles=self.num_particles, **kwargs)
         return self.loss(model_trace, guide_trace)
+
+    def validation_loss(self, model, guide, x, **kwargs) -> torch.Tensor:
+        """The loss the trainer compares across epochs (best checkpoint, early stopping).
+
+        It must not move with training schedules: objectives whose loss does (KL warm-up,
+        free bits) return the unmodified bound here.
+        """
+        return self(model, guide, x, **kwargs)
 
     def __repr__(self):
         name = getattr(self.loss_fn, "__name__", type(self).__name__)
@@ -158,6 +201,11 @@ class ELBO(TraceObjective):
             loss = loss + beta * sum(penalties)
         self.last_metrics = {"elbo": (rec_pd - kl_pd).detach(), "reconstruction": rec_pd.detach(), "kl": kl_pd.detach()}
         return loss
+
+    def validation_loss(self, model, guide, x, **kwargs) -> torch.Tensor:
+        """The negative ELBO per datapoint with beta = 1 and no free bits, whatever the schedule says."""
+        self(model, guide, x, **kwargs)
+        return -self.last_metrics["elbo"]
 
 
 class IWAE(TraceObjective):

@@ -27,10 +27,16 @@ def get_traces(model, guide, *args, num_particles: int = 1, **kwargs):
 
     With ``num_particles > 1`` both run inside a ``"particles"`` plate to the left of the
     model's plates, so ``num_particles`` draws per datapoint are vectorized.
+
+    With ``guide=None`` (implicit models such as GAN generators, which are not inferred) the
+    model runs forward, drawing its latents from their priors, and the guide trace is empty.
     """
     if num_particles > 1:
         plate = pyro.plate(PARTICLE_PLATE, num_particles, dim=-(plate_nesting(model) + 1))
-        guide, model = plate(guide), plate(model)
+        model = plate(model)
+        guide = plate(guide) if guide is not None else None
+    if guide is None:
+        return poutine.trace(model).get_trace(*args, **kwargs), poutine.Trace()
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace
@@ -108,9 +114,16 @@ def auxiliary_sites(guide_trace) -> list[str]:
 
 
 def check_sites(model_trace, guide_trace) -> None:
-    """Raise :class:`SiteMismatchError` unless the guide samples exactly the model's latent sites."""
+    """Raise :class:`SiteMismatchError` unless the guide samples exactly the model's latent sites.
+
+    A model site marked for enumeration (``infer={"enumerate": ...}``, e.g. a mixture's
+    assignment) may be left out of the guide: an enumerating objective such as Pyro's
+    ``TraceEnum_ELBO`` sums it out of the model instead.
+    """
     model_latents = set(latent_sites(model_trace))
     guide_sites = set(latent_sites(guide_trace))
+    enumerated = {n for n in model_latents - guide_sites if model_trace.nodes[n]["infer"].get("enumerate")}
+    model_latents -= enumerated
     missing, extra = sorted(model_latents - guide_sites), sorted(guide_sites - model_latents)
     if missing or extra:
         parts = []

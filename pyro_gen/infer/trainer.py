@@ -8,6 +8,13 @@ improves). ``fit(..., resume=True)`` continues from ``last.pt`` exactly: paramet
 optimizer moments, epoch counter, early-stopping state and every random number
 generator are restored, so a resumed run reproduces an uninterrupted one bit for bit.
 
+Objectives with several players (a GAN's critic and generator,
+:class:`~pyro_gen.infer.adversarial.Adversarial`) use the same loop: an objective with a
+``players(model, guide)`` method gets one Adam optimizer per declared
+:class:`~pyro_gen.infer.objectives.Player`, and on each batch every player whose turn it
+is steps on its own ``player_loss``. Such an objective is an ``nn.Module`` holding its
+own networks (the critic); the checkpoint holds its state and every optimizer's.
+
 Checkpoints hold tensors and plain Python values only and are read with
 ``torch.load(..., weights_only=True)``: a run directory from someone else cannot run code.
 """
@@ -24,7 +31,7 @@ import numpy as np
 import pyro
 import torch
 
-from pyro_gen.errors import ConfigError, TrainingDivergedError
+from pyro_gen.errors import ConfigError, RunDirError, TrainingDivergedError
 from pyro_gen.infer.objectives import as_objective, make_objective
 from pyro_gen.infer.traces import check_sites, get_traces
 
@@ -37,11 +44,17 @@ class TensorBatches:
     :param x: data tensor ``(N, ...)``.
     :param transform: optional ``transform(batch, generator) -> batch`` applied per batch,
         e.g. dynamic binarization ``lambda b, g: torch.bernoulli(b, generator=g)``.
+    :param y: optional labels ``(N,)``; batches are then ``(x, y)`` pairs (``transform`` acts on ``x``).
     """
 
-    def __init__(self, x: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, transform=None, drop_last: bool = False):
+    def __init__(
+        self, x: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, transform=None, drop_last: bool = False, y=None
+    ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if y is not None and len(y) != len(x):
+            raise ConfigError(f"got {len(y)} labels for {len(x)} datapoints")
+        self.y = y
         self.x, self.batch_size, self.shuffle, self.seed, self.transform, self.drop_last = (
             x,
             batch_size,
@@ -70,17 +83,23 @@ class TensorBatches:
         for i in range(len(self)):
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
             batch = self.x[order[idx]] if order is not None else self.x[idx]
-            yield self.transform(batch, g) if self.transform is not None else batch
+            batch = self.transform(batch, g) if self.transform is not None else batch
+            if self.y is None:
+                yield batch
+            else:
+                yield batch, (self.y[order[idx]] if order is not None else self.y[idx])
 
 
-def _as_batches(data, batch_size: int, shuffle: bool, seed: int):
-    """Accept a tensor, a dataset object with ``.x`` (and optional ``transform_batch``), or any iterable of batches."""
+def _as_batches(data, batch_size: int, shuffle: bool, seed: int, labels: bool = False):
+    """Accept a tensor, a dataset object with ``.x`` (and optional ``transform_batch``, and ``.y`` when
+    ``labels``), or any iterable of batches."""
     if data is None or isinstance(data, TensorBatches):
         return data
     if torch.is_tensor(data):
         return TensorBatches(data, batch_size, shuffle, seed)
     if hasattr(data, "x") and torch.is_tensor(data.x):
-        return TensorBatches(data.x, batch_size, shuffle, seed, transform=getattr(data, "transform_batch", None))
+        y = getattr(data, "y", None) if labels else None
+        return TensorBatches(data.x, batch_size, shuffle, seed, transform=getattr(data, "transform_batch", None), y=y)
     if isinstance(data, Iterable):
         return data
     raise ConfigError(f"cannot make batches of {type(data).__name__}; give a tensor, a pyro_gen dataset or an iterable of batches")
@@ -96,6 +115,12 @@ def _num_datapoints(batches) -> int | None:
 
 def _first(batch):
     return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _to_device(batch, device):
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(b.to(device, non_blocking=True) if torch.is_tensor(b) else b for b in batch)
+    return batch.to(device, non_blocking=True)
 
 
 def rng_state() -> dict:
@@ -138,8 +163,6 @@ def atomic_save(obj, path: Path) -> None:
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     """Load a pyro_gen checkpoint safely (``weights_only=True``) and check its format."""
-    from pyro_gen.errors import RunDirError
-
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -152,20 +175,34 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 
 def initialize(model, guide, x: torch.Tensor) -> None:
-    """Run model and guide once on a small batch: create lazy parameters (autoguides) and check the sites match."""
-    with torch.no_grad():
-        model_trace, guide_trace = get_traces(model, guide, x[:2])
-    check_sites(model_trace, guide_trace)
+    """Run model and guide once on a small batch: create lazy parameters (autoguides) and check the sites match.
+
+    With ``guide=None`` (a GAN generator) the model runs once on its own. Modules run in eval
+    mode here, so that this pass does not move batch-norm statistics.
+    """
+    modes = [(m, m.training) for m in (model, guide) if isinstance(m, torch.nn.Module)]
+    for m, _ in modes:
+        m.eval()
+    try:
+        with torch.no_grad():
+            model_trace, guide_trace = get_traces(model, guide, x[:2])
+    finally:
+        for m, training in modes:
+            m.train(training)
+    if guide is not None:
+        check_sites(model_trace, guide_trace)
 
 
 class Trainer:
     """Fit a model and guide with an objective by stochastic gradient steps.
 
     :param model: a Pyro program (e.g. a :class:`~pyro_gen.models.LatentModel`), an ``nn.Module``.
-    :param guide: a guide over the same latent sites, an ``nn.Module``.
+    :param guide: a guide over the same latent sites, an ``nn.Module``; ``None`` for models that
+        are not inferred (a GAN generator).
     :param objective: ``"elbo"``, ``"iwae"``, a :class:`~pyro_gen.infer.TraceObjective`, a Pyro
-        ELBO instance, or a callable ``(model_trace, guide_trace) -> loss``.
-    :param lr: Adam learning rate.
+        ELBO instance, a callable ``(model_trace, guide_trace) -> loss``, or a multi-player
+        objective such as :class:`~pyro_gen.infer.adversarial.Adversarial`.
+    :param lr: Adam learning rate (the default of players that declare none).
     :param batch_size: minibatch size when data are given as a tensor or dataset.
     :param epochs: number of passes over the training data.
     :param device: ``"cpu"`` or ``"cuda"`` (or a ``torch.device``); modules and batches move there.
@@ -194,6 +231,11 @@ class Trainer:
     ):
         self.model, self.guide = model, guide
         self.objective = make_objective(objective) if isinstance(objective, str) else as_objective(objective)
+        if guide is None and not callable(getattr(self.objective, "players", None)):
+            raise ConfigError(
+                "guide=None is for objectives that fit a model without inferring its latents (e.g. Adversarial); "
+                "give a guide for this objective, e.g. make_guide('normal', model)"
+            )
         self.lr, self.batch_size, self.epochs, self.seed = lr, batch_size, epochs, seed
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -201,17 +243,21 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.patience, self.progress, self.clip_norm = patience, progress, clip_norm
         self.optimizer = None
+        # multi-player objectives: the declared players and one optimizer per player
+        self.players, self.optimizers = None, None
         self.history: list[dict] = []
 
     # -- helpers -------------------------------------------------------------
+    def _modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.model, self.guide, self.objective) if isinstance(m, torch.nn.Module)]
+
     def parameters(self) -> list[torch.nn.Parameter]:
         seen, params = set(), []
-        for module in (self.model, self.guide, self.objective):
-            if isinstance(module, torch.nn.Module):
-                for p in module.parameters():
-                    if id(p) not in seen:
-                        seen.add(id(p))
-                        params.append(p)
+        for module in self._modules():
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
         return params
 
     def _step_loss(self, x, data_size):
@@ -219,26 +265,103 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate_loss(self, batches, data_size=None) -> float:
-        """Mean objective loss per datapoint over ``batches`` (no gradient)."""
+        """Mean validation loss per datapoint over ``batches`` (no gradient).
+
+        Single-player objectives are scored by their ``validation_loss``: the unmodified bound,
+        so that a KL warm-up (whose early, down-weighted KL makes the training loss look better)
+        cannot make an early epoch the "best" one.
+        """
         total, count = 0.0, 0
         for batch in batches:
-            x = _first(batch).to(self.device)
-            total += float(self._step_loss(x, None)) * len(x)
+            if self.players is not None:  # multi-player objectives read whole (possibly labelled) batches
+                batch = _to_device(batch, self.device)
+                x, loss = _first(batch), self.objective(self.model, self.guide, batch)
+            else:
+                x = _first(batch).to(self.device)
+                loss = self.objective.validation_loss(self.model, self.guide, x, data_size=None)
+            total += float(loss) * len(x)
             count += len(x)
         return total / max(count, 1)
 
     def _checkpoint(self, epoch: int, best: float, bad_epochs: int) -> dict:
-        return {
+        ckpt = {
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch,
             "model": self.model.state_dict(),
-            "guide": self.guide.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "guide": self.guide.state_dict() if self.guide is not None else {},
             "rng": rng_state(),
             "best_valid": best,
             "bad_epochs": bad_epochs,
             "seed": self.seed,
         }
+        if self.players is None:
+            ckpt["optimizer"] = self.optimizer.state_dict()
+        else:
+            ckpt["optimizers"] = {name: opt.state_dict() for name, opt in self.optimizers.items()}
+            ckpt["step"] = self._step
+        if isinstance(self.objective, torch.nn.Module):
+            ckpt["objective"] = self.objective.state_dict()
+        return ckpt
+
+    def _restore(self, ckpt: dict) -> None:
+        saved = ckpt.get("optimizers", {"": None} if "optimizer" in ckpt else {})
+        wanted = {""} if self.players is None else set(self.optimizers)
+        if set(saved) != wanted:
+            # e.g. a GAN's run directory resumed with a likelihood objective, or the reverse
+            raise RunDirError(
+                f"the checkpoint holds optimizer(s) {sorted(saved)} but this objective's players are {sorted(wanted)} "
+                "('' = one optimizer): resume with the objective that wrote it"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        if self.guide is not None:
+            self.guide.load_state_dict(ckpt["guide"])
+        if isinstance(self.objective, torch.nn.Module) and "objective" in ckpt:
+            self.objective.load_state_dict(ckpt["objective"])
+        if self.players is None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            return
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(saved[name])
+        self._step = ckpt["step"]
+
+    def _setup_optimizers(self) -> None:
+        """One Adam over all parameters, or one per player of a multi-player objective."""
+        players = getattr(self.objective, "players", None)
+        self.players = players(self.model, self.guide) if callable(players) else None
+        if self.players is None:
+            self.optimizer, self.optimizers = torch.optim.Adam(self.parameters(), lr=self.lr), None
+            return
+        self.optimizer, self._step = None, 0
+        self.optimizers = {
+            p.name: torch.optim.Adam(p.params, lr=self.lr if p.lr is None else p.lr, **({} if p.betas is None else {"betas": p.betas}))
+            for p in self.players
+        }
+
+    def _play(self, batch, data_size, epoch: int, step: int, start: int) -> dict[str, float]:
+        """One batch of a multi-player objective: each player whose turn it is takes one step on its own loss."""
+        values = {}
+        for player in self.players:
+            if (self._step + 1) % player.every:
+                continue
+            where = f"at epoch {epoch + 1}, step {step + 1}"
+            try:
+                loss = self.objective.player_loss(player.name, self.model, self.guide, batch, data_size)
+            except TrainingDivergedError as e:  # e.g. the critic's scores became NaN
+                raise TrainingDivergedError(f"{e} ({where}); {self._kept(epoch, start)}") from None
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDivergedError(f"the {player.name}'s loss became {value} {where}; {self._kept(epoch, start)}")
+            optimizer = self.optimizers[player.name]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip_norm:
+                torch.nn.utils.clip_grad_norm_(player.params, self.clip_norm)
+            optimizer.step()
+            if player.after_step is not None:
+                player.after_step()
+            values[player.name] = value
+        self._step += 1
+        return values
 
     def _kept(self, epoch: int, start: int) -> str:
         where = f" ({self.run_dir / 'last.pt'} holds epoch {epoch})" if self.run_dir and epoch > start else ""
@@ -257,14 +380,15 @@ class Trainer:
         from tqdm.auto import tqdm
 
         pyro.set_rng_seed(self.seed)
-        train_batches = _as_batches(train, self.batch_size, True, self.seed)
-        valid_batches = _as_batches(valid, self.batch_size, False, self.seed)
+        labels = bool(getattr(self.objective, "needs_labels", False))
+        train_batches = _as_batches(train, self.batch_size, True, self.seed, labels)
+        valid_batches = _as_batches(valid, self.batch_size, False, self.seed, labels)
         data_size = _num_datapoints(train_batches)
-        self.model.to(self.device)
-        self.guide.to(self.device)
+        for module in self._modules():
+            module.to(self.device)
         first = _first(next(iter(train_batches))).to(self.device)
         initialize(self.model, self.guide, first)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        self._setup_optimizers()
         start, best, bad_epochs = 0, math.inf, 0
         metrics_path = self.run_dir / "metrics.jsonl" if self.run_dir else None
         if self.run_dir:
@@ -273,9 +397,7 @@ class Trainer:
             if not self.run_dir:
                 raise ConfigError("resume=True needs a run_dir holding last.pt")
             ckpt = load_checkpoint(self.run_dir / "last.pt", map_location=self.device)
-            self.model.load_state_dict(ckpt["model"])
-            self.guide.load_state_dict(ckpt["guide"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self._restore(ckpt)
             set_rng_state(ckpt["rng"])
             start, best, bad_epochs = ckpt["epoch"], ckpt["best_valid"], ckpt["bad_epochs"]
             self.history = _read_metrics(metrics_path, upto=start)
@@ -290,11 +412,26 @@ class Trainer:
                 train_batches.set_epoch(epoch)
             if hasattr(self.objective, "set_epoch"):
                 self.objective.set_epoch(epoch)
-            self.model.train(), self.guide.train()
+            for module in self._modules():
+                module.train()
             t0 = time.perf_counter()
-            total, count, sums = 0.0, 0, {}
+            total, count, sums, player_sums = 0.0, 0, {}, {}
             bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.progress, leave=False, mininterval=1.0)
+            multi = self.players is not None
             for step, batch in enumerate(bar):
+                if multi:
+                    batch = _to_device(batch, self.device)
+                    x = _first(batch)
+                    values = self._play(batch, data_size, epoch, step, start)
+                    for name, value in values.items():
+                        s, c = player_sums.get(name, (0.0, 0))
+                        player_sums[name] = (s + value * len(x), c + len(x))
+                    for k, v in self.objective.last_metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v * len(x)
+                    count += len(x)
+                    if step % 50 == 0 and values:
+                        bar.set_postfix({f"{k}_loss": f"{v:.3f}" for k, v in values.items()})
+                    continue
                 x = _first(batch).to(self.device, non_blocking=True)
                 loss = self._step_loss(x, data_size)
                 value = loss.item()
@@ -319,11 +456,17 @@ class Trainer:
                 raise TrainingDivergedError(
                     f"the parameters became NaN or infinite at epoch {epoch + 1} (a non-finite gradient); {self._kept(epoch, start)}"
                 )
-            record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "seconds": seconds}
+            train_loss, losses = total / max(count, 1), {}
+            if multi:
+                # each player's mean loss over its steps; the first player's (a GAN's critic) is the train_loss
+                losses = {f"train_{name}_loss": s / c for name, (s, c) in player_sums.items()}
+                train_loss = losses.get(f"train_{self.players[0].name}_loss", math.nan)
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": seconds, **losses}
             record.update({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()})
             if hasattr(self.objective, "beta_now"):
                 record["beta"] = self.objective.beta_now
-            self.model.eval(), self.guide.eval()
+            for module in self._modules():
+                module.eval()
             improved = True
             if valid_batches is not None:
                 record["valid_loss"] = self.evaluate_loss(valid_batches)

@@ -1,5 +1,6 @@
 """Generative models as Pyro programs."""
 
+from pyro_gen.models.gan import GANGenerator, gan, gan_critic
 from pyro_gen.models.gmm import GaussianMixture, gmm
 from pyro_gen.models.latent import Latent, LatentModel
 from pyro_gen.models.likelihoods import (
@@ -15,6 +16,7 @@ from pyro_gen.models.likelihoods import (
 from pyro_gen.models.vae import vae
 
 __all__ = [
+    "GANGenerator",
     "GaussianMixture",
     "Latent",
     "LatentModel",
@@ -26,6 +28,8 @@ __all__ = [
     "Poisson",
     "likelihood_names",
     "make_likelihood",
+    "gan",
+    "gan_critic",
     "gmm",
     "vae",
 ]

@@ -81,6 +81,19 @@ def _move_distribution(d: dist.Distribution, device: torch.device) -> dist.Distr
     return type(d)(**kwargs)
 
 
+def declared_prior(lat: Latent, device: torch.device) -> dist.Distribution:
+    """A latent's declared (non-default) prior on ``device``, with event shape equal to ``lat.shape``.
+
+    The prior's batch dimensions become event dimensions, so one site holds the whole latent.
+    """
+    d = lat.prior if device == torch.device("cpu") else _move_distribution(lat.prior, device)
+    extra = len(lat.shape) - len(d.event_shape)
+    if extra < 0:
+        raise ConfigError(f"prior of latent {lat.name!r} has event shape {tuple(d.event_shape)}, larger than shape {lat.shape}")
+    d = d.expand(torch.Size(lat.shape[:extra]))
+    return d.to_event(extra) if extra else d
+
+
 class LatentModel(nn.Module):
     """A Pyro program built from a declaration of latents, a decoder and a likelihood.
 
@@ -146,13 +159,7 @@ class LatentModel(nn.Module):
         device = self._device()
         key = (index, device)
         if key not in self._moved_priors:
-            d = lat.prior if device == torch.device("cpu") else _move_distribution(lat.prior, device)
-            extra = len(lat.shape) - len(d.event_shape)
-            if extra < 0:
-                raise ConfigError(f"prior of latent {lat.name!r} has event shape {tuple(d.event_shape)}, larger than shape {lat.shape}")
-            # the prior's batch dimensions become event dimensions: one site per latent
-            d = d.expand(torch.Size(lat.shape[:extra]))
-            self._moved_priors[key] = d.to_event(extra) if extra else d
+            self._moved_priors[key] = declared_prior(lat, device)
         return self._moved_priors[key]
 
     def _device(self) -> torch.device:
@@ -179,10 +186,7 @@ class LatentModel(nn.Module):
                 f"a batch must have shape (batch, {', '.join(map(str, self.data_shape))}). Reshape the data or "
                 "build the model with the data's shape."
             )
-        if not torch.isfinite(x).all():
-            bad = int((~torch.isfinite(x)).sum())
-            raise DataError(f"the batch contains {bad} NaN or infinite values; clean or impute the data before fitting")
-        self.likelihood.validate(x)
+        self.likelihood.validate(x)  # NaN / inf included
 
     def decode(self, *latent_values: torch.Tensor) -> torch.Tensor:
         """Run the decoder and shape its output to ``batch + data_shape``, or ``(params,) + batch + data_shape``.

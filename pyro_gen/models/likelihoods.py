@@ -15,6 +15,13 @@ from torch.nn import functional as F
 from pyro_gen.errors import ConfigError, DataError
 
 
+def check_finite(x: torch.Tensor) -> None:
+    """Raise :class:`~pyro_gen.errors.DataError` when the batch holds NaN or infinite values."""
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise DataError(f"the batch contains {bad} NaN or infinite values; clean or impute the data before fitting")
+
+
 class Likelihood(nn.Module):
     """Base class. Subclasses set :attr:`params_per_value` and implement :meth:`forward`.
 
@@ -28,7 +35,12 @@ class Likelihood(nn.Module):
     params_per_value = 1
 
     def validate(self, x: torch.Tensor) -> None:
-        """Raise :class:`~pyro_gen.errors.DataError` when ``x`` is outside the support."""
+        """Raise :class:`~pyro_gen.errors.DataError` when ``x`` has NaN / inf or is outside the support.
+
+        Subclasses that check their support call :func:`check_finite` first (or, like
+        :class:`Bernoulli`, run one fused check that NaN also fails and call it on failure).
+        """
+        check_finite(x)
 
     def forward(self, params: torch.Tensor, data_ndim: int) -> dist.TorchDistribution:
         raise NotImplementedError
@@ -42,9 +54,10 @@ class Bernoulli(Likelihood):
     """Bernoulli likelihood over binary data; the decoder outputs logits."""
 
     def validate(self, x):
-        # one fused check: NaN also fails both comparisons
+        # one fused pass over the batch (it runs every step): NaN and inf also fail both comparisons
         bad = (x != 0) & (x != 1)
         if bad.any():
+            check_finite(x)  # name NaN / inf as such
             values = x[bad]
             raise DataError(
                 f"the Bernoulli likelihood needs binary data (0 or 1), but the batch has {int(bad.sum())} "
@@ -63,6 +76,7 @@ class ContinuousBernoulli(Likelihood):
     """Continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019) for data in [0, 1]; logits from the decoder."""
 
     def validate(self, x):
+        check_finite(x)
         if ((x < 0) | (x > 1)).any():
             raise DataError(
                 f"the continuous Bernoulli likelihood needs data in [0, 1]; got values in "
@@ -124,6 +138,7 @@ class Poisson(Likelihood):
     """Poisson likelihood for count data; the decoder outputs log rates."""
 
     def validate(self, x):
+        check_finite(x)
         if ((x < 0) | (x != torch.round(x))).any():
             raise DataError("the Poisson likelihood needs non-negative integer counts; the batch has other values")
 

@@ -5,5 +5,17 @@ tensors, so they can be reused, tested and benchmarked on their own.
 """
 
 from pyro_gen.nn.blocks import MLP, ConvDecoder, ConvEncoder, Flatten, Unflatten
+from pyro_gen.nn.gan import DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator, spectral_normalize
 
-__all__ = ["MLP", "ConvEncoder", "ConvDecoder", "Flatten", "Unflatten"]
+__all__ = [
+    "MLP",
+    "ConvEncoder",
+    "ConvDecoder",
+    "DCGANCritic",
+    "DCGANGenerator",
+    "Flatten",
+    "MLPCritic",
+    "MLPGenerator",
+    "Unflatten",
+    "spectral_normalize",
+]

@@ -151,3 +151,22 @@ def test_log_weights_are_the_draws_of_the_likelihood_estimate(data):
     exact = ScaledPosterior(model, 1.0)
     marginal = dist.Normal(0.0, math.sqrt(1 + SIGMA**2)).log_prob(data).sum(-1)
     assert torch.allclose(log_weights(model, exact, data, num_samples=50), marginal.expand(50, 30), atol=1e-4)
+
+
+@pytest.mark.parametrize("num_samples, chunk_size", [(40, 200), (300, 100), (7, 7)])
+def test_weights_fn_hands_out_each_block_of_the_estimate_once_with_bounded_memory(num_samples, chunk_size, data):
+    # chunk 200, K=40: 5 points per block; chunk 100, K=300: one point per block, in 3 passes; chunk = K: one point per block
+    model = linear_model()
+    guide = ScaledPosterior(model, 0.8)
+    blocks = []
+    result = log_likelihood(
+        model, guide, data, num_samples=num_samples, chunk_size=chunk_size, seed=2, weights_fn=lambda d, lw: blocks.append((d, lw.clone()))
+    )
+    covered = [i for d, _ in blocks for i in range(d.start, d.stop)]
+    assert covered == list(range(len(data)))  # every point once, in order
+    assert all(lw.shape == (num_samples, d.stop - d.start) for d, lw in blocks)
+    assert max(lw.numel() for _, lw in blocks) <= max(chunk_size, num_samples)
+    lw = torch.cat([lw for _, lw in blocks], -1)
+    # the very draws of the estimate: log-mean-exp is its log p(x), the mean its ELBO
+    assert torch.allclose(lw.logsumexp(0) - math.log(num_samples), result.log_px, atol=1e-5)
+    assert torch.allclose(lw.mean(0), result.elbo, atol=1e-5)

@@ -20,9 +20,12 @@ def test_dataset_names():
             "digits",
             "fashion_mnist",
             "frey_faces",
+            "gmm2d",
             "grid25",
+            "iris",
             "mnist",
             "ring8",
+            "wine",
         ]
     )
 

@@ -304,6 +304,23 @@ def test_logged_losses_are_the_negative_elbo_per_datapoint():
     assert record["valid_loss"] == pytest.approx(expected_valid, abs=0.1)
 
 
+def test_validation_loss_ignores_the_kl_warm_up_and_free_bits():
+    """Model selection compares the same bound every epoch.
+
+    With lr=0 nothing moves, so the validation loss must stay at Pyro's -ELBO (beta = 1) through a
+    warm-up whose early epochs weight the KL by 1/5, 2/5, ...: scored with the training loss, the
+    first epoch would look best and early stopping would keep a warm-up checkpoint.
+    """
+    model, guide = make_pair()
+    train, valid = binary_data(64, p=0.2), binary_data(64, p=0.8, seed=1)
+    objective = ELBO(warmup_epochs=4, free_bits=0.5)
+    history = make_trainer(model, guide, objective, lr=0.0, batch_size=16, epochs=3).fit(train, valid)
+    expected = pyro_negative_elbo(model, guide, valid)
+    for record in history:
+        assert record["valid_loss"] == pytest.approx(expected, abs=0.1)
+    assert history[0]["beta"] == pytest.approx(0.2)  # the training loss did see the schedule
+
+
 def test_best_checkpoint_is_written_on_improvement_only(tmp_path):
     values = [3.0, 1.0, 2.0, 0.5, 0.5]  # a tie is no improvement
     model, guide = make_pair()

@@ -11,6 +11,7 @@ import math
 import warnings
 
 import numpy as np
+import pyro
 import pytest
 import torch
 from scipy import stats
@@ -20,8 +21,9 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from torch.autograd.functional import jacobian
 
-from pyro_gen.errors import ConfigError, DataError
-from pyro_gen.infer.gmm_fit import fit_map, fit_nuts, kmeans
+from pyro_gen.errors import ConfigError, DataError, SiteMismatchError
+from pyro_gen.infer.gmm_fit import enum_objective, fit_map, fit_nuts, global_guide, kmeans, point_estimate
+from pyro_gen.infer.trainer import Trainer
 from pyro_gen.models import GaussianMixture, gmm
 from pyro_gen.models.gmm import FirstColumnOrderedTransform, OrderedRowsNormal
 
@@ -198,6 +200,40 @@ def test_normal_guide_fit_is_near_the_mle(clusters):
     sk = sklearn_fit(x, model.params_from_labels(x, kmeans(x, K)), "diag")
     assert relative_gap(model.log_density(x, fit.params).mean().item(), sk.score(x.double().numpy())) < 0.01
     assert fit.losses[-1] < fit.losses[0]
+
+
+# -- the one trainer ----------------------------------------------------------------------------------
+def test_enumerated_loss_is_the_exact_negative_log_joint_per_point(clusters):
+    # AutoDelta at theta: -ELBO = -(log p(x | theta) + log p(theta)) with the assignments summed out exactly
+    x = clusters[0][:100]
+    model = gmm(K, D, "full")
+    guide = global_guide(model, x, "delta", init=params_for("full"))
+    with pyro.settings.context(module_local_params=True):
+        loss = enum_objective(model)(model, guide, x, data_size=len(x)).item()
+    params = point_estimate(guide, x)
+    log_prior = sum(prior.log_prob(params[name]).item() for name, prior in model.priors().items())
+    assert loss == pytest.approx(-(model.log_density(x, params).sum().item() + log_prior) / len(x), rel=1e-5)
+
+
+def test_trainer_fits_a_mixture_on_minibatches(clusters):
+    # the objective scales the data plate by data_size, so minibatch SGD optimizes the full-data MAP objective
+    x = clusters[0]
+    model = gmm(K, D, "diag")
+    guide = global_guide(model, x, "delta", init="random", seed=1)
+    history = Trainer(model, guide, enum_objective(model), lr=0.05, batch_size=150, epochs=60, progress=False).fit(x)
+    assert len(history) == 60 and history[-1]["train_loss"] < history[0]["train_loss"]
+    sk = sklearn_fit(x, model.params_from_labels(x, kmeans(x, K)), "diag")
+    assert relative_gap(model.log_density(x, point_estimate(guide, x)).mean().item(), sk.score(x.double().numpy())) < 0.01
+
+
+def test_a_guide_must_still_sample_every_site_that_is_not_enumerated(clusters):
+    # check_sites lets the enumerated assignment go unguided, not a missing global
+    x = clusters[0][:50]
+    model = gmm(K, D, "diag")
+    with pyro.settings.context(module_local_params=True):
+        partial = pyro.infer.autoguide.AutoDelta(pyro.poutine.block(model, expose=["weights", "scales"]))
+    with pytest.raises(SiteMismatchError, match=r"the model's latent sites \['locs'\] are not sampled by the guide"):
+        Trainer(model, partial, enum_objective(model), epochs=1, progress=False).fit(x)
 
 
 # -- NUTS ----------------------------------------------------------------------------------------
