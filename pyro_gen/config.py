@@ -7,7 +7,6 @@ resolved config as ``config.yaml``, so any result can be re-made from it.
 
 import dataclasses
 import difflib
-import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -254,7 +253,7 @@ def load_config(path=None, overrides=()) -> RunConfig:
 
 def save_config(config: RunConfig, path) -> None:
     """Write the resolved config atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    from pyro_gen.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

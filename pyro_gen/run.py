@@ -23,7 +23,6 @@ import copy
 import csv
 import json
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 
 from pyro_gen.config import ObjectiveConfig, RunConfig, load_config, save_config
 from pyro_gen.errors import ConfigError, RunDirError
+from pyro_gen.io import atomic_path
 
 CONFIG_FILE, METRICS_FILE, TRAINING_FILE, POSTERIOR_FILE = "config.yaml", "metrics.json", "training.json", "posterior.nc"
 MODEL_KINDS = ("vae", "gmm")
@@ -289,9 +289,8 @@ def _train_nuts(config: RunConfig, run_dir: Path) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def _read_json(path: Path) -> dict:
@@ -615,12 +614,10 @@ def compare(config: RunConfig, guides, out_dir, jobs: int = 1) -> list[dict]:
 
 
 def _write_compare(rows, config: RunConfig, out_dir: Path) -> None:
-    tmp = out_dir / f".compare.csv.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out_dir / "compare.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COMPARE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out_dir / "compare.csv")
     d = config.data
     lines = [
         f"Data: {d.name} (train {d.train_size or 'all'}, test {d.test_size or 'all'}, subset seed {d.seed}); "
@@ -637,9 +634,8 @@ def _write_compare(rows, config: RunConfig, out_dir: Path) -> None:
     for r in rows:
         cells = [f"{r[c]:.2f}" if isinstance(r[c], float) else "" if r[c] is None else str(r[c]) for c in COMPARE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
-    tmp = out_dir / f".compare.md.tmp{os.getpid()}"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out_dir / "compare.md")
+    with atomic_path(out_dir / "compare.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 # -- analyze ------------------------------------------------------------------------------------

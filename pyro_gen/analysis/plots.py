@@ -5,11 +5,12 @@ site with :func:`pyro.poutine.condition`) and written atomically as PNG files.
 Image grids show the likelihood's mean (e.g. pixel probabilities), not a noisy draw.
 """
 
-import os
 from pathlib import Path
 
 import pyro.poutine as poutine
 import torch
+
+from pyro_gen.io import atomic_path
 
 
 def _save_png(array, path: Path, cmap="gray") -> Path:
@@ -19,14 +20,23 @@ def _save_png(array, path: Path, cmap="gray") -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    try:
+    with atomic_path(path) as tmp:
         plt.imsave(tmp, array, cmap=cmap, vmin=0.0, vmax=1.0)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
+
+
+def _save_figure(fig, path: Path, tight: bool = False) -> Path:
+    """Write a matplotlib figure atomically as a PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        if tight:
+            fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
@@ -126,15 +136,7 @@ def _scatter(model, x_test, path: Path) -> Path:
     ax.scatter(data[:, 0], data[:, 1], s=2, alpha=0.4, label="data")
     ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="model (means)")
     ax.legend(loc="upper right", fontsize=7)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return _save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -160,13 +162,4 @@ def mixture_figure(model, params: dict, x: torch.Tensor, path, title: str = "") 
     ax.set_xlabel("coordinate 0" if x.shape[1] > 1 else "datapoint")
     ax.set_ylabel("coordinate 1" if x.shape[1] > 1 else "coordinate 0")
     ax.set_title(title or f"{model.num_components} components, {model.covariance} covariances", fontsize=9)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    try:
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return _save_figure(fig, path, tight=True)

@@ -16,27 +16,15 @@ import contextlib
 import json
 import logging
 import math
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from pyro_gen.io import atomic_path
+
 #: the HDI probability of the summaries (ArviZ's default)
 HDI_PROB = 0.94
-
-
-@contextlib.contextmanager
-def _atomic(path: Path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _pyplot():
@@ -54,7 +42,7 @@ def save_figure(axes, path) -> Path:
     first = np.ravel(axes)[0]
     fig = first if isinstance(first, plt.Figure) else first.figure
     try:
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=72)
     finally:
         plt.close(fig)
@@ -85,7 +73,7 @@ def quiet():
 
 def write_netcdf(idata, path) -> Path:
     """``idata.to_netcdf`` atomically."""
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         idata.to_netcdf(str(tmp))
     return Path(path)
 
@@ -100,7 +88,7 @@ def write_summary(idata, path, var_names=None, group: str = "posterior"):
 
     with quiet():
         table = arviz.summary(idata, var_names=var_names, group=group, hdi_prob=HDI_PROB)
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         table.to_csv(tmp)
     return table
 
@@ -186,7 +174,7 @@ def write_loo(idata, path, khat_plot=None) -> dict:
         },
         "waic": _elpd_dict(waic, "waic"),
     }
-    with _atomic(Path(path)) as tmp:
+    with atomic_path(Path(path)) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     if khat_plot is not None:
         with quiet():
@@ -196,7 +184,7 @@ def write_loo(idata, path, khat_plot=None) -> dict:
 
 def write_khat_table(indices, khat, log_px, path) -> Path:
     """``datapoint,khat,log_px`` per chosen datapoint as CSV."""
-    with _atomic(Path(path)) as tmp, open(tmp, "w") as f:
+    with atomic_path(Path(path)) as tmp, open(tmp, "w") as f:
         f.write("datapoint,khat,log_px\n")
         for i, k, lp in zip(np.asarray(indices).tolist(), np.asarray(khat).tolist(), np.asarray(log_px).tolist()):
             f.write(f"{i},{k!r},{lp!r}\n")

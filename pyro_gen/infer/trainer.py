@@ -34,6 +34,7 @@ import torch
 from pyro_gen.errors import ConfigError, RunDirError, TrainingDivergedError
 from pyro_gen.infer.objectives import as_objective, make_objective
 from pyro_gen.infer.traces import check_sites, get_traces
+from pyro_gen.io import atomic_path
 
 CHECKPOINT_FORMAT = "pyro_gen-checkpoint-1"
 
@@ -151,14 +152,8 @@ def set_rng_state(state: dict) -> None:
 
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

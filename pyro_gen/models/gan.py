@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from pyro_gen.errors import ConfigError, DataError
+from pyro_gen.models.checks import check_batch, check_finite
 from pyro_gen.models.latent import DATA_PLATE, Latent, declared_prior
 from pyro_gen.nn.gan import DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator, check_labels
 
@@ -102,15 +103,8 @@ class GANGenerator(nn.Module):
 
     def check_data(self, x: torch.Tensor) -> None:
         """Raise :class:`DataError` for a batch of the wrong shape or with NaN/inf values."""
-        if not torch.is_tensor(x):
-            raise DataError(f"data must be a torch.Tensor, got {type(x).__name__}")
-        if tuple(x.shape[1:]) != self.data_shape:
-            raise DataError(
-                f"data of shape {tuple(x.shape)} does not match the generator's data_shape {self.data_shape}: "
-                f"a batch must have shape (batch, {', '.join(map(str, self.data_shape))})"
-            )
-        if not torch.isfinite(x).all():
-            raise DataError(f"the batch contains {int((~torch.isfinite(x)).sum())} NaN or infinite values; clean the data first")
+        check_batch(x, self.data_shape, "generator")
+        check_finite(x)
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The deterministic map ``G(z[, y])``: codes ``batch + latent_shape`` to samples ``batch + data_shape``.

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from pyro_gen.errors import ConfigError, DataError
+from pyro_gen.models.checks import check_batch
 from pyro_gen.models.likelihoods import Likelihood
 
 DATA_PLATE = "data"
@@ -178,14 +179,7 @@ class LatentModel(nn.Module):
 
     def check_data(self, x: torch.Tensor) -> None:
         """Raise :class:`DataError` for a batch of the wrong shape, with NaN/inf, or outside the likelihood's support."""
-        if not torch.is_tensor(x):
-            raise DataError(f"data must be a torch.Tensor, got {type(x).__name__}")
-        if tuple(x.shape[1:]) != self.data_shape:
-            raise DataError(
-                f"data of shape {tuple(x.shape)} does not match the model's data_shape {self.data_shape}: "
-                f"a batch must have shape (batch, {', '.join(map(str, self.data_shape))}). Reshape the data or "
-                "build the model with the data's shape."
-            )
+        check_batch(x, self.data_shape, "model")
         self.likelihood.validate(x)  # NaN / inf included
 
     def decode(self, *latent_values: torch.Tensor) -> torch.Tensor:

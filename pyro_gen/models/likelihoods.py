@@ -13,13 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.errors import ConfigError, DataError
-
-
-def check_finite(x: torch.Tensor) -> None:
-    """Raise :class:`~pyro_gen.errors.DataError` when the batch holds NaN or infinite values."""
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).sum())
-        raise DataError(f"the batch contains {bad} NaN or infinite values; clean or impute the data before fitting")
+from pyro_gen.models.checks import check_finite
 
 
 class Likelihood(nn.Module):

@@ -57,6 +57,18 @@ def check_labels(y: torch.Tensor, num_classes: int, batch_size: int | None = Non
         )
 
 
+def _conditioned(y: torch.Tensor | None, num_classes: int | None, batch_size: int, owner: str) -> bool:
+    """Whether a network with ``num_classes`` (``None``: unconditional) is given valid labels ``y``; raise on a mismatch."""
+    if not num_classes:
+        if y is not None:
+            raise DataError(f"this {owner} is unconditional (num_classes=None) but was given class labels")
+        return False
+    if y is None:
+        raise DataError(f"this {owner} is conditional ({num_classes} classes) and needs class labels y")
+    check_labels(y, num_classes, batch_size)
+    return True
+
+
 def spectral_normalize(module: nn.Module) -> nn.Module:
     """Spectrally normalize every linear and convolutional layer of ``module`` in place (and return it).
 
@@ -82,13 +94,8 @@ class _Projection(nn.Module):
 
     def forward(self, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         out = self.linear(h).squeeze(-1)
-        if self.embed is None:
-            if y is not None:
-                raise DataError("this critic is unconditional (num_classes=None) but was given class labels")
+        if not _conditioned(y, self.num_classes, len(h), "critic"):
             return out
-        if y is None:
-            raise DataError(f"this critic is conditional ({self.num_classes} classes) and needs class labels y")
-        check_labels(y, self.num_classes, len(h))
         return out + (self.embed(y) * h).sum(-1)
 
 
@@ -101,13 +108,8 @@ class _LabelConcat(nn.Module):
         self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        if self.embed is None:
-            if y is not None:
-                raise DataError("this generator is unconditional (num_classes=None) but was given class labels")
+        if not _conditioned(y, self.num_classes, len(z), "generator"):
             return z
-        if y is None:
-            raise DataError(f"this generator is conditional ({self.num_classes} classes) and needs class labels y")
-        check_labels(y, self.num_classes, len(z))
         return torch.cat([z, self.embed(y)], -1)
 
 
