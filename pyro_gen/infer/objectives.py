@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.distributions import kl_divergence
+from torch.distributions.utils import _sum_rightmost
 
 from pyro_gen.errors import ConfigError
 from pyro_gen.infer.traces import auxiliary_sites, get_traces, latent_sites, plate_full_size, reduce_site, trace_terms
@@ -102,9 +103,58 @@ class TraceObjective:
         return f"{type(self).__name__}({name}, num_particles={self.num_particles})"
 
 
-def _per_datapoint(local: torch.Tensor, global_: torch.Tensor, batch_size: int, data_size: int) -> torch.Tensor:
-    """Average over particles; local terms per datapoint, global terms shared by all N datapoints."""
-    return local.sum(-1).mean(0) / batch_size + global_.mean(0) / data_size
+def flow_kl(q, p, z):
+    """One-sample KL(q || p) for a flow ``q`` (a base distribution pushed through transforms), or ``None``.
+
+    With ``z = f(z0)``, ``z0 ~ q0``, the base's KL to the prior is analytic wherever
+    ``kl_divergence(q0, p)`` is, and only the flow's correction is estimated from the sample:
+
+    .. math:: \\mathrm{KL}(q \\| p) = \\mathrm{KL}(q_0 \\| p) - \\mathbb E\\Big[\\sum_k \\log|\\det J_{f_k}|\\Big]
+              - \\mathbb E\\big[\\log p(z) - \\log p(z_0)\\big].
+
+    This is unbiased, equals the analytic KL exactly when the flow is the identity, and removes
+    the variance that ``log q(z) - log p(z)`` carries in its prior term, which otherwise leaves
+    flow guides several nats behind a mean-field guide with analytic KL after the same training.
+    ``z0`` and the log-determinants are read from the transforms' caches (no inverse is computed;
+    planar and radial flows have none). Returns ``None`` when ``q`` is not a flow or its base has
+    no analytic KL to ``p``.
+    """
+    transforms = getattr(q, "transforms", None)
+    if not transforms or q.base_dist.event_shape != p.event_shape:
+        return None
+    try:
+        base_kl = kl_divergence(q.base_dist, p)
+    except NotImplementedError:
+        return None
+    # the same walk as TransformedDistribution.log_prob: back from z through each transform
+    event_dim = len(q.event_shape)
+    log_det = 0.0
+    y = z
+    for t in reversed(q.transforms):
+        x = t.inv(y)
+        event_dim += t.domain.event_dim - t.codomain.event_dim
+        log_det = log_det + _sum_rightmost(t.log_abs_det_jacobian(x, y), event_dim - t.domain.event_dim)
+        y = x
+    return base_kl - log_det - (p.log_prob(z) - p.log_prob(y))
+
+
+def _total(terms: list):
+    """The sum of a list of tensors, ``None`` for an empty list (no zero tensors enter the graph)."""
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+def _per_datapoint(local, global_, batch_size: int, data_size: int, like: torch.Tensor) -> torch.Tensor:
+    """Average over particles; local terms ``(P, B)`` per datapoint, global terms ``(P,)`` shared by all N datapoints.
+
+    Either may be ``None`` (no such terms): this runs every step, and a model without global
+    latents should not pay for adding zeros.
+    """
+    parts = []
+    if local is not None:
+        parts.append(local.sum(-1).mean(0) / batch_size)
+    if global_ is not None:
+        parts.append(global_.mean(0) / data_size)
+    return _total(parts) if parts else like.new_zeros(())
 
 
 class ELBO(TraceObjective):
@@ -152,6 +202,11 @@ class ELBO(TraceObjective):
                     except NotImplementedError:
                         per_dim = None
                 return value, per_dim, local
+        if self.analytic_kl:
+            kl = flow_kl(gsite["fn"], msite["fn"], gsite["value"])
+            if kl is not None:
+                value, local = reduce_site(gsite, kl)
+                return value, None, local
         log_q, local = reduce_site(gsite, gsite["fn"].log_prob(gsite["value"]))
         log_p, _ = reduce_site(msite, msite["fn"].log_prob(msite["value"]))
         return log_q - log_p, None, local
@@ -188,12 +243,9 @@ class ELBO(TraceObjective):
             gsite = guide_trace.nodes[name]
             value, local = reduce_site(gsite, gsite["fn"].log_prob(gsite["value"]))
             (kl_l if local else kl_g).append(value)
-        recon = sum(recon_l[1:], recon_l[0])
-        zero_l, zero_g = recon.new_zeros(()), recon.new_zeros(recon.shape[0])
-        kl_local = sum(kl_l, zero_l) if kl_l else recon.new_zeros(recon.shape)
-        kl_global = sum(kl_g, zero_g) if kl_g else zero_g
-        rec_pd = _per_datapoint(recon, zero_g, batch_size, data_size)
-        kl_pd = _per_datapoint(kl_local, kl_global, batch_size, data_size)
+        recon = _total(recon_l)
+        rec_pd = _per_datapoint(recon, None, batch_size, data_size, recon)
+        kl_pd = _per_datapoint(_total(kl_l), _total(kl_g), batch_size, data_size, recon)
         beta = self.beta_now
         loss = -(rec_pd - beta * kl_pd)
         if penalties:

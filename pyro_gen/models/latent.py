@@ -140,6 +140,9 @@ class LatentModel(nn.Module):
         for i, lat in enumerate(latents):
             if lat.prior is None:
                 self.register_buffer(f"_prior_loc_{i}", torch.zeros(lat.shape))
+                # a tensor scale (not the number 1.0) spares Normal a tensor conversion on every call;
+                # not persistent, so checkpoints keep their keys
+                self.register_buffer(f"_prior_scale_{i}", torch.ones(lat.shape), persistent=False)
         self._moved_priors: dict = {}
 
     # -- declaration queries -------------------------------------------------
@@ -155,8 +158,8 @@ class LatentModel(nn.Module):
         """The prior of the ``index``-th latent, with event shape equal to its shape."""
         lat = self.latents[index]
         if lat.prior is None:
-            loc = getattr(self, f"_prior_loc_{index}")
-            return dist.Normal(loc, 1.0, validate_args=False).to_event(len(lat.shape))
+            loc, scale = getattr(self, f"_prior_loc_{index}"), getattr(self, f"_prior_scale_{index}")
+            return dist.Normal(loc, scale, validate_args=False).to_event(len(lat.shape))
         device = self._device()
         key = (index, device)
         if key not in self._moved_priors:

@@ -313,3 +313,47 @@ def test_model_without_observed_site_is_explained():
 
     with pytest.raises(ValueError, match="no observed site"):
         ELBO()(model, guide, torch.zeros(3))
+
+
+# -- the flow KL estimator -------------------------------------------------------------------
+def _standard_normal(dim):
+    return dist.Normal(torch.zeros(dim), torch.ones(dim)).to_event(1)
+
+
+def test_flow_kl_is_the_analytic_kl_for_an_identity_flow():
+    """A flow whose transforms are the identity: the estimator must return KL(q0 || p) exactly, whatever the sample."""
+    from torch.distributions import kl_divergence
+    from torch.distributions.transforms import AffineTransform
+
+    from pyro_gen.infer.objectives import flow_kl
+
+    base = dist.Normal(torch.tensor([0.3, -1.0, 2.0]), torch.tensor([0.5, 1.5, 0.2])).to_event(1)
+    q = dist.TransformedDistribution(base, [AffineTransform(0.0, 1.0, event_dim=1)])
+    z = q.rsample((7,))
+    assert torch.allclose(flow_kl(q, _standard_normal(3), z), kl_divergence(base, _standard_normal(3)).expand(7))
+
+
+def test_flow_kl_is_unbiased_with_less_variance_than_log_q_minus_log_p():
+    """Against the plain Monte Carlo estimator log q(z) - log p(z) on a trained-looking (perturbed) planar flow."""
+    from pyro_gen.guides.families import make_family
+    from pyro_gen.infer.objectives import flow_kl
+
+    torch.manual_seed(0)
+    family = make_family("planar", context_dim=4, dim=3, num_layers=3)
+    with torch.no_grad():
+        for prm in family.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+        q = family(torch.randn(4).expand(100000, 4))
+        z = q.rsample()
+        p = _standard_normal(3)
+        cv, mc = flow_kl(q, p, z), q.log_prob(z) - p.log_prob(z)
+    se = (mc.var() / len(mc) + cv.var() / len(cv)).sqrt()
+    assert (cv.mean() - mc.mean()).abs() < 4 * se
+    assert cv.std() < 0.8 * mc.std()
+
+
+def test_flow_kl_declines_what_is_not_a_flow():
+    from pyro_gen.infer.objectives import flow_kl
+
+    q = _standard_normal(3)
+    assert flow_kl(q, _standard_normal(3), q.sample()) is None
