@@ -18,6 +18,7 @@ setup(
         "numpy>=1.24",
         "scipy>=1.10",
         "scikit-learn>=1.3",
+        "pandas>=1.5",  # tables in the notebooks (also an arviz dependency)
         "matplotlib>=3.7",
         "pyyaml>=6.0",
         "tqdm>=4.60",
