@@ -198,6 +198,13 @@ def check_seed(seed: Any) -> int:
     return int(seed)
 
 
+def check_size(n: Any) -> int:
+    """Return ``n`` as an int, or raise :class:`DataError` if it is not a positive number of points."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise DataError(f"The number of points n must be a positive integer, got {n!r}.")
+    return int(n)
+
+
 def apply_binarization(data: ArrayData, binarize: str | None) -> ArrayData:
     """Binarize grayscale data in ``[0, 1]`` as asked by ``load_dataset(binarize=...)``.
 

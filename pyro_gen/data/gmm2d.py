@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pyro_gen.data.container import ArrayData, check_seed
-from pyro_gen.errors import DataError
+from pyro_gen.data.container import ArrayData, check_seed, check_size
 
 NAME = "gmm2d"
 SPLITS = ("train", "valid", "test")
@@ -52,8 +51,7 @@ def load(split: str, n: int | None = None, seed: int = 0) -> ArrayData:
     """Generate ``n`` points of one split (default :data:`DEFAULT_SIZES`) with the split's own stream of ``seed``."""
     seed = check_seed(seed)
     n = DEFAULT_SIZES[split] if n is None else n
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise DataError(f"The number of points n must be a positive integer, got {n!r}.")
+    n = check_size(n)
     truth = {k: v.numpy() for k, v in gmm2d_truth().items()}
     rng = np.random.default_rng([seed, _SPLIT_CODES[split], _NAME_CODE])
     labels = rng.choice(len(truth["weights"]), size=n, p=truth["weights"])

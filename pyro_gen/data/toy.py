@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from pyro_gen.data.container import ArrayData, check_seed
+from pyro_gen.data.container import ArrayData, check_seed, check_size
 from pyro_gen.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -58,8 +58,7 @@ def load(name: str, split: str, n: int | None = None, seed: int = 0) -> ArrayDat
     centers, std = toy_modes(name)
     seed = check_seed(seed)
     n = DEFAULT_SIZES[split] if n is None else n
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise DataError(f"The number of points n must be a positive integer, got {n!r}.")
+    n = check_size(n)
     rng = np.random.default_rng([seed, _SPLIT_CODES[split], _NAME_CODES[name]])
     labels = rng.integers(len(centers), size=n)
     points = centers.numpy().astype(np.float64)[labels] + std * rng.standard_normal((n, 2))

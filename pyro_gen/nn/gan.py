@@ -57,6 +57,12 @@ def check_labels(y: torch.Tensor, num_classes: int, batch_size: int | None = Non
         )
 
 
+def _check_pack(pack: int) -> None:
+    """PacGAN packing: the critic sees ``pack`` samples at once (1: no packing)."""
+    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+        raise ConfigError(f"pack must be an integer >= 1 (1: no packing), got {pack!r}")
+
+
 def _conditioned(y: torch.Tensor | None, num_classes: int | None, batch_size: int, owner: str) -> bool:
     """Whether a network with ``num_classes`` (``None``: unconditional) is given valid labels ``y``; raise on a mismatch."""
     if not num_classes:
@@ -164,8 +170,7 @@ class MLPCritic(nn.Module):
         spectral_norm: bool = False,
     ):
         super().__init__()
-        if pack < 1:
-            raise ConfigError(f"pack must be >= 1, got {pack}")
+        _check_pack(pack)
         if not hidden:
             raise ConfigError("an MLP critic needs at least one hidden layer")
         self.in_shape, self.num_classes, self.pack = (in_features,), num_classes, pack
@@ -275,8 +280,7 @@ class DCGANCritic(nn.Module):
         spectral_norm: bool = False,
     ):
         super().__init__()
-        if pack < 1:
-            raise ConfigError(f"pack must be >= 1, got {pack}")
+        _check_pack(pack)
         channels, c, h, w = _image_layout(in_shape, channels, "a DCGAN critic", rising=True)
         self.in_shape, self.num_classes, self.pack = tuple(in_shape), num_classes, pack
         layers: list[nn.Module] = []
