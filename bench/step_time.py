@@ -7,7 +7,9 @@ lr 1e-3) and the same batch of 128 real binarized MNIST training images:
 * ``library``: ``vae`` + ``make_guide("normal")`` + the ``ELBO`` objective, stepped exactly as
   :class:`pyro_gen.infer.trainer.Trainer` steps (its ``_step_loss`` and parameter list, then
   ``loss.item(); zero_grad(set_to_none=True); backward(); step()``) inside the Trainer's
-  ``pyro.settings.context(module_local_params=True)`` and ``pyro.validation_enabled(False)``.
+  ``pyro.settings.context(module_local_params=True)`` and ``pyro.validation_enabled(False)``, and
+  like the Trainer it validates the data once and steps inside ``checked_dataset()`` (the model
+  keeps its per-batch shape check but does not re-scan every value of a tensor already checked).
 * ``library + loop``: the same plus the rest of the Trainer's per-step loop body (the finiteness
   check and the per-batch accumulation of ``objective.last_metrics``).
 * ``Pyro SVI``: context only: a tutorial-style Pyro VAE (``pyro.module`` + plates) on the same
@@ -51,6 +53,7 @@ TRAIN_SIZE = 50000  # data_size the Trainer passes for the full static-MNIST tra
 def library_step_fn(seed: int, x: torch.Tensor, bookkeeping: bool = False):
     """The library's training step, built and run the way the Trainer does it."""
     from pyro_gen.infer.trainer import Trainer, initialize
+    from pyro_gen.models.checks import checked_dataset
 
     model, guide = common.library_vae(seed)
     trainer = Trainer(model, guide, "elbo", lr=common.LR, batch_size=common.BATCH_SIZE, progress=False, seed=seed)
@@ -59,8 +62,13 @@ def library_step_fn(seed: int, x: torch.Tensor, bookkeeping: bool = False):
     optimizer, objective = trainer.optimizer, trainer.objective
     sums: dict = {}
 
+    # the Trainer validates the training tensor once and then steps inside checked_dataset() (untransformed
+    # slices of a checked tensor are not re-checked value by value); do the same with this batch
+    model.check_data(x)
+
     def step():
-        loss = trainer._step_loss(x, TRAIN_SIZE)
+        with checked_dataset():
+            loss = trainer._step_loss(x, TRAIN_SIZE)
         value = loss.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from pyro_gen.errors import ConfigError, DataError
-from pyro_gen.models.checks import check_batch
+from pyro_gen.models.checks import check_batch, values_already_checked
 from pyro_gen.models.likelihoods import Likelihood
 
 DATA_PLATE = "data"
@@ -183,7 +183,8 @@ class LatentModel(nn.Module):
     def check_data(self, x: torch.Tensor) -> None:
         """Raise :class:`DataError` for a batch of the wrong shape, with NaN/inf, or outside the likelihood's support."""
         check_batch(x, self.data_shape, "model")
-        self.likelihood.validate(x)  # NaN / inf included
+        if not values_already_checked():
+            self.likelihood.validate(x)  # NaN / inf included
 
     def decode(self, *latent_values: torch.Tensor) -> torch.Tensor:
         """Run the decoder and shape its output to ``batch + data_shape``, or ``(params,) + batch + data_shape``.

@@ -55,7 +55,7 @@ class Bernoulli(Likelihood):
             bad = (x != 0) & (x != 1)
             values = x[bad]
             raise DataError(
-                f"the Bernoulli likelihood needs binary data (0 or 1), but the batch has {int(bad.sum())} "
+                f"the Bernoulli likelihood needs binary data (0 or 1), but the data have {int(bad.sum())} "
                 f"other values (e.g. {values[0].item():.4g}). Binarize the data (dataset option "
                 "binarize='dynamic' or 'threshold') or choose likelihood='gaussian' or 'continuous_bernoulli'."
             )
@@ -159,7 +159,7 @@ class Poisson(Likelihood):
     def validate(self, x):
         check_finite(x)
         if ((x < 0) | (x != torch.round(x))).any():
-            raise DataError("the Poisson likelihood needs non-negative integer counts; the batch has other values")
+            raise DataError("the Poisson likelihood needs non-negative integer counts; the data have other values")
 
     def forward(self, params, data_ndim):
         return dist.Poisson(params.exp(), validate_args=False).to_event(data_ndim)

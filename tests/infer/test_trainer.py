@@ -21,6 +21,7 @@ from torch import nn
 from pyro_gen import (
     ELBO,
     ConfigError,
+    DataError,
     Latent,
     LatentModel,
     RunDirError,
@@ -448,3 +449,46 @@ def test_training_approaches_the_true_likelihood_of_factor_analysis_data():
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert after - before > 0.75 * (true_ll - before)
     assert after < true_ll + 0.5  # a lower bound: it cannot beat the likelihood by much (MLE and MC slack only)
+
+
+# -- data checks: the whole dataset once, then per batch only where batches are transformed -----------
+def test_bad_values_anywhere_in_the_training_or_validation_tensor_stop_the_fit_before_any_step(tmp_path):
+    model, guide = make_pair()
+    before = state(model, guide)
+    bad = binary_data(64)
+    bad[50, 3] = float("nan")  # not in the first batch, which initialize() sees
+    with pytest.raises(DataError, match="the training data: the data contain 1 NaN or infinite"):
+        make_trainer(model, guide, run_dir=tmp_path / "a").fit(bad)
+    half = binary_data(32)
+    half[20, 0] = 0.5
+    with pytest.raises(DataError, match="the validation data: the Bernoulli likelihood needs binary data"):
+        make_trainer(model, guide, run_dir=tmp_path / "b").fit(binary_data(64), half)
+    # nothing was trained and nothing written
+    assert all(torch.equal(v, state(model, guide)[k]) for k, v in before.items())
+    assert not (tmp_path / "a" / "last.pt").exists() and not (tmp_path / "b" / "last.pt").exists()
+
+
+def test_checked_tensors_are_not_rechecked_batch_by_batch(monkeypatch):
+    model, guide = make_pair()
+    calls = []
+    original = type(model.likelihood).validate
+    monkeypatch.setattr(type(model.likelihood), "validate", lambda self, x: (calls.append(len(x)), original(self, x))[1])
+    make_trainer(model, guide, epochs=2, batch_size=8).fit(binary_data(64), binary_data(16))
+    # initialize() checks two points of the first batch, then each tensor once as a whole; 2 epochs x (8 + 2) batches add nothing
+    assert calls == [2, 64, 16]
+
+
+def test_transformed_batches_are_still_checked_one_by_one():
+    """A per-batch transform can make any values, so the model keeps checking each batch."""
+    model, guide = make_pair()
+    data = binary_data(64)
+
+    class Halved:
+        x = data
+
+        @staticmethod
+        def transform_batch(batch, generator):
+            return batch * 0.5  # not binary: the Bernoulli likelihood must refuse it
+
+    with pytest.raises(DataError, match="needs binary data"):
+        make_trainer(model, guide).fit(Halved())
