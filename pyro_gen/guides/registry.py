@@ -33,7 +33,14 @@ def parse_guide_name(name: str) -> tuple[str, int]:
 
 
 def make_guide(
-    name: str, model, encoder=None, context_dim: int | None = None, hidden=(300, 300), net: str = "mlp", global_guide: str = "normal"
+    name: str,
+    model,
+    encoder=None,
+    context_dim: int | None = None,
+    hidden=(300, 300),
+    net: str = "mlp",
+    global_guide: str = "normal",
+    flow_lr_scale: float | None = None,
 ) -> AmortizedGuide:
     """Build the guide called ``name`` for ``model``.
 
@@ -42,11 +49,13 @@ def make_guide(
     :param encoder: optional encoder body mapping data to features; with it give ``context_dim``.
         By default an MLP (or conv net) with ``hidden`` layers is built from the model's data shape.
     :param global_guide: autoguide for global latents, ``"normal"`` or ``"delta"``.
+    :param flow_lr_scale: learning-rate multiplier of the flow layers (default ``1 / K``, see
+        :meth:`pyro_gen.guides.families.Flow.lr_scaled_parameters`).
     """
     kind, layers = parse_guide_name(name)
     if encoder is None:
         encoder, context_dim = default_encoder(model.data_shape, hidden, net)
     elif context_dim is None:
         raise ConfigError("give context_dim (the encoder's output size) together with a custom encoder")
-    families = [make_family(kind, context_dim, lat.size, layers) for lat in model.local_latents]
+    families = [make_family(kind, context_dim, lat.size, layers, flow_lr_scale) for lat in model.local_latents]
     return AmortizedGuide(model, encoder, families, global_guide=global_guide, name=name)

@@ -257,6 +257,23 @@ class Trainer:
                     params.append(p)
         return params
 
+    def _param_groups(self) -> list:
+        """All parameters at ``lr``, except those a submodule scales (``lr_scaled_parameters()``, e.g. flow layers)."""
+        scales: dict[int, float] = {}
+        for module in self._modules():
+            for sub in module.modules():
+                scaled = getattr(sub, "lr_scaled_parameters", None)
+                if callable(scaled):
+                    for scale, params in scaled():
+                        scales.update({id(p): float(scale) for p in params})
+        params = self.parameters()
+        if not scales:
+            return params
+        groups = [{"params": [p for p in params if id(p) not in scales]}]
+        for scale in sorted(set(scales.values()), reverse=True):
+            groups.append({"params": [p for p in params if scales.get(id(p)) == scale], "lr": self.lr * scale})
+        return [g for g in groups if g["params"]]
+
     def _step_loss(self, x, data_size):
         return self.objective(self.model, self.guide, x, data_size=data_size)
 
@@ -326,7 +343,7 @@ class Trainer:
         players = getattr(self.objective, "players", None)
         self.players = players(self.model, self.guide) if callable(players) else None
         if self.players is None:
-            self.optimizer, self.optimizers = torch.optim.Adam(self.parameters(), lr=self.lr), None
+            self.optimizer, self.optimizers = torch.optim.Adam(self._param_groups(), lr=self.lr), None
             return
         self.optimizer, self._step = None, 0
         self.optimizers = {

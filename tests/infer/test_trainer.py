@@ -492,3 +492,35 @@ def test_transformed_batches_are_still_checked_one_by_one():
 
     with pytest.raises(DataError, match="needs binary data"):
         make_trainer(model, guide).fit(Halved())
+
+
+# -- per-module learning rates: flow layers train at lr / K by default ---------------------------------
+def test_flow_layers_get_their_scaled_learning_rate_and_everything_else_the_base_one():
+    model, guide = make_pair(guide="planar:4")
+    trainer = make_trainer(model, guide, lr=1e-2, epochs=1)
+    trainer.fit(binary_data(16))
+    groups = trainer.optimizer.param_groups
+    flow = {id(p) for p in guide.families[0].transforms.parameters()}
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-2), pytest.approx(1e-2 / 4)]
+    assert {id(p) for p in groups[1]["params"]} == flow
+    assert not flow & {id(p) for p in groups[0]["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(trainer.parameters())
+
+
+def test_adam_moves_flow_weights_by_the_scaled_rate_on_its_first_step():
+    """Adam's first step moves every weight by about lr (sign of its gradient): lr / K for the flow's."""
+    model, guide = make_pair(guide="planar:4")
+    before = {n: p.detach().clone() for n, p in guide.named_parameters()}
+    make_trainer(model, guide, lr=1e-2, epochs=1, batch_size=16).fit(binary_data(16))
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in guide.named_parameters()}
+    flow = [v for n, v in moved.items() if ".transforms." in n]
+    rest = [v for n, v in moved.items() if ".transforms." not in n]
+    assert flow and rest
+    assert max(flow) <= 1e-2 / 4 * 1.01 and max(rest) > 1e-2 / 4 * 2
+
+
+def test_a_normal_guide_keeps_one_parameter_group():
+    model, guide = make_pair()
+    trainer = make_trainer(model, guide, epochs=1)
+    trainer.fit(binary_data(16))
+    assert len(trainer.optimizer.param_groups) == 1
