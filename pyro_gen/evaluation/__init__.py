@@ -1,23 +1,45 @@
-"""Scores for fitted models: importance-sampled log-likelihood, ELBO, KL, active units; sample quality."""
+"""Scores for fitted models: importance-sampled log-likelihood, ELBO, KL, active units; sample quality and its feature spaces."""
 
+from pyro_gen.evaluation.features import (
+    FeatureSpace,
+    FeatureWeightsNotFoundError,
+    domain_features,
+    extract_features,
+    feature_space,
+    held_out_images,
+    inception_features,
+    train_domain_extractor,
+)
 from pyro_gen.evaluation.likelihood import LikelihoodResult, evaluate, log_likelihood
 from pyro_gen.evaluation.sample_quality import (
     ModeCoverage,
+    QualityScores,
     frechet_distance,
     kid,
     mode_coverage,
     precision_recall,
+    quality_scores,
     toy_mode_coverage,
 )
 
 __all__ = [
+    "FeatureSpace",
+    "FeatureWeightsNotFoundError",
     "LikelihoodResult",
     "ModeCoverage",
+    "QualityScores",
+    "domain_features",
     "evaluate",
+    "extract_features",
+    "feature_space",
     "frechet_distance",
+    "held_out_images",
+    "inception_features",
     "kid",
     "log_likelihood",
     "mode_coverage",
     "precision_recall",
+    "quality_scores",
     "toy_mode_coverage",
+    "train_domain_extractor",
 ]

@@ -14,8 +14,18 @@
 * :func:`precision_recall`: improved precision and recall with k-nearest-neighbour manifolds
   (Kynkaanniemi et al. 2019, ``k = 3``).
 
-All functions take feature sets as ``(N, d)`` tensors (or arrays) and compute in float64.
-They are agnostic to the features: the 2-D toy points themselves, or any embedding of images.
+* :func:`quality_scores`: all three at once for real and generated samples embedded once in a
+  feature space, with the space's description to record beside the numbers.
+
+By default the functions take feature sets as ``(N, d)`` tensors (or arrays) and compute in
+float64: the 2-D toy points themselves, or features computed elsewhere. With ``space=...`` they
+take samples (images) and embed them first with
+:func:`pyro_gen.evaluation.features.extract_features` in that feature space: a
+:class:`~pyro_gen.evaluation.features.FeatureSpace` or a name (``"mnist28"``, ``"digits8"``,
+``"inception"``, ``"identity"``; see :func:`~pyro_gen.evaluation.features.feature_space`).
+A score is comparable only with scores computed in the same feature space on the same real
+images, so record :attr:`FeatureSpace.description <pyro_gen.evaluation.features.FeatureSpace>`
+(as :func:`quality_scores` does) with every figure.
 
 References:
   Srivastava et al., VEEGAN: Reducing Mode Collapse in GANs using Implicit Variational Learning, NeurIPS 2017.
@@ -31,12 +41,16 @@ from dataclasses import dataclass
 import torch
 
 from pyro_gen.errors import DataError
+from pyro_gen.evaluation.features import FeatureSpace, extract_features, resolve_feature_space
 
 #: Samples drawn per model in the VEEGAN / PacGAN mode-coverage protocol.
 NUM_SAMPLES = 2500
 
 
-def _features(x, name: str) -> torch.Tensor:
+def _features(x, name: str, space: FeatureSpace | str | None = None) -> torch.Tensor:
+    """``x`` as a checked float64 ``(N, d)`` feature matrix, embedded in ``space`` first when one is given."""
+    if space is not None:
+        x = extract_features(x, space)
     x = torch.as_tensor(x).detach().to("cpu", torch.float64)
     if x.dim() != 2 or len(x) == 0:
         raise DataError(f"{name} must be a non-empty (N, d) feature matrix; got shape {tuple(x.shape)}")
@@ -142,9 +156,14 @@ def frechet_distance_from_moments(mu1, cov1, mu2, cov2) -> float:
     return float((mu1 - mu2).square().sum() + cov1.trace() + cov2.trace() - 2 * tr_sqrt)
 
 
-def frechet_distance(x, y) -> float:
-    """The Frechet distance between Gaussians fitted (mean, unbiased covariance) to feature sets ``x`` and ``y``."""
-    x, y = _features(x, "x"), _features(y, "y")
+def frechet_distance(x, y, space: FeatureSpace | str | None = None) -> float:
+    """The Frechet distance between Gaussians fitted (mean, unbiased covariance) to feature sets ``x`` and ``y``.
+
+    :param space: embed ``x`` and ``y`` (then samples, e.g. images) in this feature space first;
+        ``None``: they are features already.
+    """
+    space = None if space is None else resolve_feature_space(space)
+    x, y = _features(x, "x", space), _features(y, "y", space)
     if x.shape[1] != y.shape[1]:
         raise DataError(f"feature sets of different dimension: {x.shape[1]} and {y.shape[1]}")
     return frechet_distance_from_moments(*_moments(x), *_moments(y))
@@ -167,15 +186,19 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, kernel=polynomial_kernel) ->
     return float(within_x + within_y - 2 * kxy.mean())
 
 
-def kid(x, y, num_subsets: int = 1, subset_size: int | None = None, seed: int = 0) -> tuple[float, float]:
+def kid(
+    x, y, num_subsets: int = 1, subset_size: int | None = None, seed: int = 0, space: FeatureSpace | str | None = None
+) -> tuple[float, float]:
     """Kernel (Inception) distance: the unbiased ``MMD^2`` with the cubic polynomial kernel.
 
     With ``num_subsets > 1`` (Binkowski et al. use 100 subsets of 1000) the estimate is averaged
     over random subsets of ``subset_size`` drawn without replacement from each set.
 
+    :param space: embed ``x`` and ``y`` in this feature space first (see :func:`frechet_distance`).
     :returns: ``(mean, standard deviation over subsets)``; the deviation is 0 for one subset.
     """
-    x, y = _features(x, "x"), _features(y, "y")
+    space = None if space is None else resolve_feature_space(space)
+    x, y = _features(x, "x", space), _features(y, "y", space)
     if x.shape[1] != y.shape[1]:
         raise DataError(f"feature sets of different dimension: {x.shape[1]} and {y.shape[1]}")
     if num_subsets < 1:
@@ -214,7 +237,7 @@ def _in_manifold(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor, ch
     return torch.cat([(_cdist_exact(query[i : i + chunk], ref) <= radii).any(1) for i in range(0, len(query), chunk)])
 
 
-def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
+def precision_recall(real, fake, k: int = 3, space: FeatureSpace | str | None = None) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019).
 
     Each set's manifold is the union of balls around its points with radius the distance to
@@ -222,11 +245,79 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
     real manifold (are samples realistic?); recall the fraction of ``real`` inside the fake
     manifold (is the data's variety covered?).
 
+    :param space: embed ``real`` and ``fake`` in this feature space first (see :func:`frechet_distance`).
     :returns: ``(precision, recall)``.
     """
-    real, fake = _features(real, "real"), _features(fake, "fake")
+    space = None if space is None else resolve_feature_space(space)
+    real, fake = _features(real, "real", space), _features(fake, "fake", space)
     if real.shape[1] != fake.shape[1]:
         raise DataError(f"feature sets of different dimension: {real.shape[1]} and {fake.shape[1]}")
     precision = _in_manifold(fake, real, knn_radii(real, k)).double().mean()
     recall = _in_manifold(real, fake, knn_radii(fake, k)).double().mean()
     return float(precision), float(recall)
+
+
+@dataclass
+class QualityScores:
+    """Frechet distance, KID and precision/recall of generated samples against real ones, in one feature space.
+
+    :ivar frechet_distance: see :func:`frechet_distance` (FID when the space is Inception's).
+    :ivar kid: mean KID over subsets (see :func:`kid`).
+    :ivar kid_std: its standard deviation over subsets (0 for one subset).
+    :ivar precision: fraction of generated samples inside the real manifold.
+    :ivar recall: fraction of real samples inside the generated manifold.
+    :ivar num_real: real samples scored.
+    :ivar num_fake: generated samples scored.
+    :ivar feature_space: the space's description, to record beside the numbers.
+    """
+
+    frechet_distance: float
+    kid: float
+    kid_std: float
+    precision: float
+    recall: float
+    num_real: int
+    num_fake: int
+    feature_space: str
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def quality_scores(
+    real,
+    fake,
+    space: FeatureSpace | str = "identity",
+    k: int = 3,
+    kid_subsets: int = 1,
+    kid_subset_size: int | None = None,
+    seed: int = 0,
+) -> QualityScores:
+    """Embed real and generated samples once in ``space`` and score them every way.
+
+    Use real images the feature extractor was not trained on as ``real``
+    (:func:`pyro_gen.evaluation.features.held_out_images`), and the same real set for every model
+    compared.
+
+    :param real: real samples (images for a domain or Inception space, points for ``"identity"``).
+    :param fake: generated samples of the same shape.
+    :param space: a :class:`~pyro_gen.evaluation.features.FeatureSpace` or its name.
+    :param k: neighbours of the precision/recall manifolds.
+    :param kid_subsets: number of KID subsets (see :func:`kid`).
+    :param kid_subset_size: size of each KID subset.
+    :param seed: seed of the KID subsets.
+    """
+    space = resolve_feature_space(space)
+    real_features, fake_features = _features(real, "real", space), _features(fake, "fake", space)
+    kid_mean, kid_std = kid(real_features, fake_features, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
+    precision, recall = precision_recall(real_features, fake_features, k=k)
+    return QualityScores(
+        frechet_distance=frechet_distance(real_features, fake_features),
+        kid=kid_mean,
+        kid_std=kid_std,
+        precision=precision,
+        recall=recall,
+        num_real=len(real_features),
+        num_fake=len(fake_features),
+        feature_space=space.description,
+    )
