@@ -31,10 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.add_argument("--no-figures", action="store_true")
 
-    s = sub.add_parser("sample", help="write a grid of samples from a run's model")
+    s = sub.add_parser(
+        "sample", help="write samples from a run's model: a PNG grid of images, or (a GAN on vectors) a scatter PNG and the points as .npy"
+    )
     s.add_argument("run_dir")
-    s.add_argument("--num", type=int, default=64)
-    s.add_argument("--out", help="PNG path (default RUN_DIR/samples.png)")
+    s.add_argument("--num", type=int, help="number of samples (default 64 images, or 2500 points of vector data)")
+    s.add_argument("--out", help="PNG path (default RUN_DIR/samples.png); a GAN's points go beside it with the suffix .npy")
     s.add_argument("--seed", type=int, default=0)
 
     c = sub.add_parser("compare", help="train several guides on one model; writes compare.csv and compare.md")
@@ -99,13 +101,29 @@ def _train(args) -> None:
 
 
 def _run_label(config) -> str:
+    if config.model.kind == "gan":
+        return f"gan-{config.model.net}-{config.objective.name}"
     if config.model.kind == "gmm":
         return f"gmm-{config.train.method if config.train.method == 'nuts' else config.guide.name}"
     return config.guide.name.replace(":", "-")
 
 
 def _scores_line(m: dict) -> str:
-    """One line of a run's test scores (a VAE's importance-sampled NLL, or a Gaussian mixture's exact log-likelihood)."""
+    """One line of a run's test scores (a VAE's importance-sampled NLL, a Gaussian mixture's exact log-likelihood,
+    or the quality of a GAN's samples)."""
+    if "modes_covered" in m:
+        kl = "n/a" if m["reverse_kl"] is None else f"{m['reverse_kl']:.3f}"
+        q = m["protocol"]["sample_quality"]
+        return (
+            f"{m['modes_covered']}/{m['num_modes']} modes covered, {100 * m['high_quality']:.1f}% high quality, reverse KL {kl} "
+            f"({q['samples']} samples, {q['num_std']:g} std)"
+        )
+    if "frechet_distance" in m:
+        spread = "" if m["kid_std"] is None else f" (std {m['kid_std']:.2g})"
+        return (
+            f"Frechet distance {m['frechet_distance']:.4g}, KID {m['kid']:.4g}{spread}, precision {m['precision']:.3f}, "
+            f"recall {m['recall']:.3f} in the {m['feature_space']} feature space ({m['num_samples']} samples)"
+        )
     if "test_log_likelihood" in m:
         at = "the posterior mean" if m["protocol"]["method"] == "nuts" else f"the {m['guide']} guide's estimate"
         line = f"test log-likelihood {m['test_log_likelihood']:.4f} nats per point at {at} (train {m['train_log_likelihood']:.4f})"
@@ -144,12 +162,14 @@ def _list() -> None:
     from pyro_gen.data import dataset_names
     from pyro_gen.guides import guide_names
     from pyro_gen.infer import objective_names
+    from pyro_gen.infer.adversarial import LOSSES
     from pyro_gen.models import likelihood_names
 
     print("datasets:    " + ", ".join(dataset_names()))
     print("guides:      " + ", ".join(guide_names()))
     print("likelihoods: " + ", ".join(likelihood_names()))
     print("objectives:  " + ", ".join(objective_names()))
+    print("gan losses:  " + ", ".join(LOSSES))
 
 
 def main(argv=None) -> int:
@@ -165,7 +185,7 @@ def main(argv=None) -> int:
         elif args.command == "sample":
             from pyro_gen.run import sample_run
 
-            print(f"wrote {sample_run(args.run_dir, args.num, args.out, args.seed)}")
+            print(f"wrote {', '.join(map(str, sample_run(args.run_dir, args.num, args.out, args.seed)))}")
         elif args.command == "compare":
             _compare(args)
         elif args.command == "analyze":

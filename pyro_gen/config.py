@@ -32,8 +32,16 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The generative model: ``kind: vae`` (``latent_dim`` ... ``likelihood_scale``) or ``kind: gmm``
-    (a Gaussian mixture of ``components`` components with ``covariance`` ``diag`` or ``full``)."""
+    """The generative model, by ``kind``:
+
+    * ``vae``: ``latent_dim``, ``hidden``, ``net`` (``mlp`` or ``conv``), ``likelihood``, ``likelihood_scale``;
+    * ``gmm``: a Gaussian mixture of ``components`` components with ``covariance`` ``diag`` or ``full``;
+    * ``gan``: a generator ``x = G(z)`` with ``z`` of size ``latent_dim`` and a critic, both ``net:
+      mlp`` (vectors; generator ``hidden`` sizes, critic ``critic_hidden``, default ``hidden``) or
+      ``net: dcgan`` (images; feature-map widths ``channels`` and ``critic_channels``, default by
+      image size); ``conditional`` conditions both on the dataset's class labels; the critic can be
+      spectrally normalized (``spectral_norm``) and score ``pack`` samples at once (PacGAN).
+    """
 
     kind: str = "vae"
     latent_dim: int = 40
@@ -43,6 +51,12 @@ class ModelConfig:
     likelihood_scale: float | str = "learned"
     components: int = 3
     covariance: str = "diag"
+    critic_hidden: list | None = None
+    channels: list | None = None
+    critic_channels: list | None = None
+    conditional: bool = False
+    spectral_norm: bool = False
+    pack: int = 1
 
 
 @dataclass
@@ -50,7 +64,8 @@ class GuideConfig:
     """The guide by name (``normal``, ``planar:10``, ...); its encoder uses the model's hidden sizes unless given.
 
     For ``model.kind: gmm`` the guide is an autoguide over the mixture's global sites:
-    ``delta`` (MAP) or ``normal`` (mean-field Gaussian).
+    ``delta`` (MAP) or ``normal`` (mean-field Gaussian). A GAN (``model.kind: gan``) has no guide:
+    its latent codes are not inferred, so this section stays at its defaults.
     """
 
     name: str = "normal"
@@ -60,7 +75,16 @@ class GuideConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """The training objective (``elbo`` or ``iwae``) and its options."""
+    """The training objective and its options.
+
+    A VAE: ``name`` ``elbo`` or ``iwae``, with ``num_particles``, ``beta``, ``warmup_epochs``,
+    ``free_bits``, ``analytic_kl``. A GAN (``model.kind: gan``): ``name`` is the adversarial loss
+    (``minimax``, ``non_saturating``, ``wgan_gp`` or ``hinge``); ``n_critic`` critic steps per
+    generator step; ``lr_generator`` / ``lr_critic`` (``null``: ``train.lr``; two time-scale
+    updates when they differ); ``betas`` of both Adam optimizers (``null``: ``[0.0, 0.9]`` for
+    ``wgan_gp``, else ``[0.5, 0.999]``); ``gp_weight``, the gradient-penalty weight (``null``: 10 for
+    ``wgan_gp``, else 0); ``ema_decay``: sample from a moving average of the generator's weights.
+    """
 
     name: str = "elbo"
     num_particles: int = 1
@@ -68,13 +92,20 @@ class ObjectiveConfig:
     warmup_epochs: int = 0
     free_bits: float = 0.0
     analytic_kl: bool = True
+    n_critic: int = 1
+    lr_generator: float | None = None
+    lr_critic: float | None = None
+    betas: list | None = None
+    gp_weight: float | None = None
+    ema_decay: float | None = None
 
 
 @dataclass
 class TrainConfig:
     """Optimisation and hardware.
 
-    ``method: svi`` fits by stochastic gradient steps on the objective (the one trainer);
+    ``method: svi`` fits by stochastic gradient steps on the objective (the one trainer; a GAN's
+    two players each have their own Adam, whose learning rate defaults to ``lr``);
     ``method: nuts`` (``model.kind: gmm`` only) samples the posterior with NUTS instead:
     ``num_samples`` draws per chain after ``warmup`` steps, ``chains`` chains (sequential when
     the machine has fewer free CPUs), ``jit`` compiles the potential energy.
@@ -102,6 +133,9 @@ class EvalConfig:
     ``khat_samples``: importance draws per test point for the PSIS k-hat diagnostic of the
     guide. ``null`` (default): the test NLL's own ``nll_samples`` draws, at no extra cost;
     ``0``: no k-hat; another number: a second pass with that many draws.
+
+    A GAN has no likelihood: it is scored by its samples (see :func:`pyro_gen.run.evaluate_run`),
+    so only ``images`` (write the figures) applies to it.
     """
 
     nll_samples: int = 1000

@@ -9,14 +9,17 @@ A run directory holds everything needed to re-make its results::
     training.json    epochs and time (or the NUTS settings and time)
     metrics.json     test scores with their protocol (K, split, binarization, sizes, seed)
     samples.png, reconstructions.png, interpolation.png   (VAE)  |  clusters.png (Gaussian mixture)
+    samples.png (a scatter over the data, or an image grid), interpolation.png (images)   (GAN)
 
 and, after ``pyro-gen analyze``, ``summary.csv`` and the diagnostic plots (see :func:`analyze_run`).
 
-Two model kinds: ``vae`` (amortized guides, fitted by the trainer, scored by importance
-sampling) and ``gmm`` (a Gaussian mixture whose assignments are summed out, fitted by the
-same trainer with ``TraceEnum_ELBO`` or sampled by NUTS, scored exactly). This module is the
-only place that connects dataset names to models and guides; the trainer and evaluator stay
-generic.
+Three model kinds: ``vae`` (amortized guides, fitted by the trainer, scored by importance
+sampling), ``gmm`` (a Gaussian mixture whose assignments are summed out, fitted by the
+same trainer with ``TraceEnum_ELBO`` or sampled by NUTS, scored exactly) and ``gan`` (a
+generator program and a critic, the two players of an adversarial objective fitted by the same
+trainer, scored by their samples: mode coverage on the 2-D toys, Frechet distance, KID and
+precision / recall elsewhere). This module is the only place that connects dataset names to
+models and guides; the trainer and evaluator stay generic.
 """
 
 import copy
@@ -25,18 +28,20 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
 
-from pyro_gen.config import ObjectiveConfig, RunConfig, load_config, save_config
+from pyro_gen.config import GuideConfig, ObjectiveConfig, RunConfig, load_config, save_config
 from pyro_gen.errors import ConfigError, RunDirError
 from pyro_gen.io import atomic_path
 
 CONFIG_FILE, METRICS_FILE, TRAINING_FILE, POSTERIOR_FILE = "config.yaml", "metrics.json", "training.json", "posterior.nc"
-MODEL_KINDS = ("vae", "gmm")
+MODEL_KINDS = ("vae", "gmm", "gan")
 METHODS = ("svi", "nuts")
 
 
@@ -48,17 +53,17 @@ def check_config(config: RunConfig) -> None:
     m, t = config.model, config.train
     if m.kind not in MODEL_KINDS:
         raise ConfigError(
-            f"unknown model.kind {m.kind!r}; choose 'vae' (a deep latent-variable model) or 'gmm' (a Gaussian mixture); "
-            "declare other models in Python"
+            f"unknown model.kind {m.kind!r}; choose 'vae' (a deep latent-variable model), 'gmm' (a Gaussian mixture) "
+            "or 'gan' (a generator and a critic); declare other models in Python"
         )
     if t.method not in METHODS:
         raise ConfigError(
             f"unknown train.method {t.method!r}; choose 'svi' (gradient steps on the objective) or 'nuts' (MCMC, model.kind: gmm)"
         )
     if t.method == "nuts" and m.kind != "gmm":
+        what = "a GAN's generator and critic are" if m.kind == "gan" else "a VAE's networks are"
         raise ConfigError(
-            "train.method: nuts samples the global parameters of a Gaussian mixture (model.kind: gmm); "
-            "a VAE's networks are fitted with train.method: svi"
+            f"train.method: nuts samples the global parameters of a Gaussian mixture (model.kind: gmm); {what} fitted with train.method: svi"
         )
     k = config.eval.khat_samples
     if k is not None and k != 0 and k < MIN_SAMPLES:
@@ -68,6 +73,22 @@ def check_config(config: RunConfig) -> None:
         )
     if m.kind == "gmm":
         _check_gmm_config(config)
+    if m.kind == "gan":
+        _check_gan_config(config)
+    else:
+        # a GAN's options would do nothing in another model's run: refuse them rather than ignore them
+        for section, keys in (("model", GAN_MODEL_KEYS), ("objective", GAN_OBJECTIVE_KEYS)):
+            for key in _changed(getattr(config, section), keys):
+                raise ConfigError(
+                    f"{section}.{key} is an option of a GAN (model.kind: gan); a model.kind: {m.kind} run does not use it: "
+                    f"remove {section}.{key}"
+                )
+
+
+def _changed(section, keys) -> list[str]:
+    """The ``keys`` of a config section whose values differ from the section's defaults."""
+    defaults = type(section)()
+    return [key for key in keys if getattr(section, key) != getattr(defaults, key)]
 
 
 def _check_gmm_config(config: RunConfig) -> None:
@@ -118,14 +139,17 @@ def read_run_config(run_dir) -> RunConfig:
 
 
 # -- building blocks -------------------------------------------------------------
-def load_splits(cfg) -> dict:
-    """Train / valid / test :class:`~pyro_gen.data.ArrayData` for a :class:`DataConfig` (seeded subsets)."""
+def load_splits(cfg, wanted=("train", "valid", "test")) -> dict:
+    """Train / valid / test :class:`~pyro_gen.data.ArrayData` for a :class:`DataConfig` (seeded subsets).
+
+    ``wanted``: the splits to load (a GAN, selected by no validation score, skips ``valid``).
+    """
     from pyro_gen.data import dataset_splits, load_dataset
 
     splits = {}
     sizes = {"train": cfg.train_size, "valid": cfg.valid_size, "test": cfg.test_size}
     available = dataset_splits(cfg.name)
-    for split in ("train", "valid", "test"):
+    for split in wanted:
         if split not in available:
             if sizes[split] is not None:
                 raise ConfigError(
@@ -152,8 +176,11 @@ def build_model(config: RunConfig, data_shape):
                 f"{tuple(data_shape)}; use a table or 2-D data such as iris, wine or gmm2d"
             )
         return gmm(m.components, data_shape[0], m.covariance, ordered=config.train.method == "nuts")
+    if m.kind == "gan":
+        # the generator's class count comes from the training labels, and it needs its critic
+        raise ConfigError("a GAN's generator is built with its critic from the training data: use build_gan(config, train_data)")
     if m.kind != "vae":
-        raise ConfigError(f"unknown model.kind {m.kind!r}; choose 'vae' or 'gmm' (declare other models in Python)")
+        raise ConfigError(f"unknown model.kind {m.kind!r}; choose 'vae', 'gmm' or 'gan' (declare other models in Python)")
     return vae(data_shape, m.latent_dim, m.hidden, m.net, m.likelihood, m.likelihood_scale)
 
 
@@ -221,6 +248,8 @@ def train(config: RunConfig, run_dir, resume: bool = False, device: str | None =
                 f"{run_dir} is a NUTS run, which cannot be resumed (MCMC keeps no checkpoints); train it again into a new run directory"
             )
         return _train_nuts(config, run_dir)
+    if config.model.kind == "gan":
+        return _train_gan(config, run_dir, resume)
     splits = load_splits(config.data)
     train_data = splits["train"]
     # seed before the networks are built: their initial weights come from torch's global
@@ -303,11 +332,19 @@ def _finite(value):
 
 
 def load_run(run_dir, device="cpu", checkpoint: str = "best.pt"):
-    """Rebuild ``(config, model, guide, splits)`` of a run directory with its trained weights."""
+    """Rebuild ``(config, model, guide, splits)`` of a run directory with its trained weights.
+
+    A GAN run gives ``(config, generator, None, splits)``: the generator its samples come from (the
+    moving average of its weights when ``objective.ema_decay`` is set) and no guide; its critic and
+    both raw networks are in :func:`load_gan_run`.
+    """
     from pyro_gen.infer.trainer import initialize, load_checkpoint
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    if config.model.kind == "gan":
+        run = load_gan_run(run_dir, device)
+        return run.config, run.sampler, None, run.splits
     if config.train.method == "nuts":
         raise RunDirError(f"{run_dir} is a NUTS run: its posterior is {run_dir / POSTERIOR_FILE} (arviz.from_netcdf), not a checkpoint")
     path = run_dir / checkpoint
@@ -331,11 +368,19 @@ def evaluate_run(run_dir, nll_samples: int | None = None, device=None, figures: 
     A VAE run: its best checkpoint's importance-sampled test NLL with K draws per point, and the
     PSIS k-hat of each test point's importance weights (by default from the same draws, see
     :class:`~pyro_gen.config.EvalConfig`). A Gaussian mixture run: its exact test log-likelihood.
+    A GAN run: the quality of its samples (:func:`_evaluate_gan`).
     """
     from pyro_gen.analysis import write_figures
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    if config.model.kind == "gan":
+        if nll_samples is not None:
+            raise ConfigError(
+                "--nll-samples sets the importance samples of a VAE's test NLL; a GAN has no likelihood (it is scored by "
+                "its samples): drop --nll-samples"
+            )
+        return _evaluate_gan(run_dir, config, device, figures)
     if config.model.kind == "gmm":
         if nll_samples is not None:
             raise ConfigError(
@@ -509,12 +554,24 @@ def _evaluate_gmm(run_dir: Path, config: RunConfig, figures: bool | None) -> dic
     return metrics
 
 
-def sample_run(run_dir, num: int = 64, out=None, seed: int = 0) -> Path:
-    """Write a grid of ``num`` samples from a run's model to ``out`` (default ``run_dir/samples.png``)."""
+def sample_run(run_dir, num: int | None = None, out=None, seed: int = 0) -> list[Path]:
+    """Write ``num`` samples from a run's model to ``out`` (default ``run_dir/samples.png``); returns the paths written.
+
+    A VAE: a PNG grid of ``num`` (default 64) images. A GAN: a PNG grid for images; for vector data
+    a scatter plot over the test split and the points themselves, ``(num, D)`` float32 in
+    ``out`` with the suffix ``.npy`` (``numpy.load``); ``num`` defaults to 64 images or
+    :data:`~pyro_gen.evaluation.sample_quality.NUM_SAMPLES` points.
+    """
     from pyro_gen.analysis import save_image_grid
     from pyro_gen.analysis.plots import sample_images
 
-    if read_run_config(run_dir).model.kind != "vae":
+    if num is not None and num < 1:
+        raise ConfigError(f"--num must be a positive number of samples, got {num}")
+    kind = read_run_config(run_dir).model.kind
+    if kind == "gan":
+        return _sample_gan(Path(run_dir), num, out, seed)
+    num = num or 64
+    if kind != "vae":
         raise ConfigError(
             f"'sample' draws image grids from a VAE run; {run_dir} is a Gaussian mixture run: see its clusters.png, "
             "or the posterior predictive check (ppc.png) of 'pyro-gen analyze'"
@@ -526,7 +583,517 @@ def sample_run(run_dir, num: int = 64, out=None, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         images = sample_images(model, num)
-    return save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))))
+    return [save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))))]
+
+
+# -- GANs -----------------------------------------------------------------------------------------
+GAN_NETS = ("mlp", "dcgan")
+#: Options of ``model.kind: gan`` only (refused in other runs, where they would do nothing).
+GAN_MODEL_KEYS = ("critic_hidden", "channels", "critic_channels", "conditional", "spectral_norm", "pack")
+GAN_OBJECTIVE_KEYS = ("n_critic", "lr_generator", "lr_critic", "betas", "gp_weight", "ema_decay")
+#: 2-D mixtures with known modes: a GAN on them is scored by mode coverage.
+TOY_DATASETS = ("ring8", "grid25")
+#: The mode-coverage protocol of VEEGAN (Srivastava et al. 2017): samples within this many
+#: standard deviations of their nearest mode are of high quality; a mode is covered by one of them.
+TOY_NUM_STD, TOY_MIN_COUNT = 3.0, 1
+#: Samples scored against the test split elsewhere (fewer when the test split is smaller): the
+#: precision / recall neighbourhoods cost O(N^2 d), which 2000 keeps to seconds on a CPU.
+QUALITY_SAMPLES = 2000
+#: KID: the unbiased MMD^2 averaged over this many random subsets of this size (Binkowski et al. 2018).
+KID_SUBSETS, KID_SUBSET_SIZE = 10, 1000
+#: Neighbours of the k-NN manifolds of improved precision and recall (Kynkaanniemi et al. 2019).
+PR_NEIGHBOURS = 3
+SAMPLE_CHUNK = 500  # samples drawn per generator call, to bound the memory of image batches
+
+
+def _check_gan_config(config: RunConfig) -> None:
+    """Refuse GAN settings that cannot work or would be ignored (checks that need the data: :func:`check_gan_data`)."""
+    from pyro_gen.infer.adversarial import LOSSES
+
+    m, o, t = config.model, config.objective, config.train
+    if o.name not in LOSSES:
+        raise ConfigError(
+            f"objective.name {o.name!r} is not an adversarial loss: a GAN (model.kind: gan) has no likelihood to bound; "
+            f"set objective.name to one of {', '.join(LOSSES)}"
+        )
+    if m.net not in GAN_NETS:
+        raise ConfigError(f"model.net {m.net!r} is not a GAN network: choose 'mlp' (vectors such as ring8) or 'dcgan' (images)")
+    if m.latent_dim < 1:
+        raise ConfigError(f"model.latent_dim must be at least 1, got {m.latent_dim}")
+    for key, allow_empty in (("hidden", True), ("critic_hidden", False), ("channels", False), ("critic_channels", False)):
+        if getattr(m, key) is not None:
+            _check_widths(f"model.{key}", getattr(m, key), allow_empty)
+    if m.pack < 1:
+        raise ConfigError(f"model.pack must be at least 1 (1: no packing), got {m.pack}")
+    if m.conditional and m.pack > 1:
+        raise ConfigError(
+            "model.pack > 1 packs several samples into one critic input, which would mix classes: a conditional GAN "
+            "cannot be packed; set model.pack=1 or model.conditional=false"
+        )
+    if o.n_critic < 1:
+        raise ConfigError(f"objective.n_critic (critic steps per generator step) must be at least 1, got {o.n_critic}")
+    for key in ("lr_generator", "lr_critic"):
+        if getattr(o, key) is not None and not getattr(o, key) > 0:
+            raise ConfigError(f"objective.{key} must be a positive learning rate (or null: train.lr), got {getattr(o, key)}")
+    if o.betas is not None and (
+        len(o.betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in o.betas)
+    ):
+        raise ConfigError(f"objective.betas must be two numbers in [0, 1), Adam's (beta1, beta2), e.g. [0.5, 0.999]; got {o.betas}")
+    if o.gp_weight is not None and o.gp_weight < 0:
+        raise ConfigError(f"objective.gp_weight must be non-negative (or null: 10 for wgan_gp, else 0), got {o.gp_weight}")
+    if o.ema_decay is not None and not 0 <= o.ema_decay < 1:
+        raise ConfigError(f"objective.ema_decay must be in [0, 1) (e.g. 0.99), or null for no moving average; got {o.ema_decay}")
+    # settings of the likelihood models that a GAN would silently ignore
+    refused = [
+        ("model", ("likelihood", "likelihood_scale", "components", "covariance"), "a GAN has no likelihood and no mixture components"),
+        (
+            "objective",
+            ("num_particles", "beta", "warmup_epochs", "free_bits", "analytic_kl"),
+            "it is an option of the VAE's ELBO / IWAE; a GAN's objective takes n_critic, lr_generator, lr_critic, betas, "
+            "gp_weight and ema_decay",
+        ),
+        ("guide", tuple(f.name for f in fields(GuideConfig)), "a GAN has no guide: its latent codes are not inferred"),
+        ("eval", ("nll_samples", "chunk_size", "khat_samples"), "a GAN has no likelihood to estimate: it is scored by its samples"),
+    ]
+    for section, keys, why in refused:
+        for key in _changed(getattr(config, section), keys):
+            raise ConfigError(f"{section}.{key} does not apply to model.kind: gan ({why}); remove {section}.{key}")
+    if t.patience is not None:
+        raise ConfigError(
+            "train.patience stops on a validation score, and a GAN has none (its critic's loss says nothing about the "
+            "samples' quality): remove train.patience and set train.epochs"
+        )
+    if config.data.valid_size is not None:
+        raise ConfigError(
+            "data.valid_size is set, but a GAN run uses no validation split (it is not selected by a validation score; "
+            "its last epoch is scored on the test split): remove data.valid_size"
+        )
+
+
+def _check_widths(key: str, widths, allow_empty: bool) -> None:
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths) or (not widths and not allow_empty):
+        raise ConfigError(
+            f"{key} must be a {'' if allow_empty else 'non-empty '}list of positive layer widths, e.g. [128, 128]; got {widths}"
+        )
+
+
+def check_gan_data(config: RunConfig, train_data) -> None:
+    """Refuse a GAN whose networks do not fit the training data, before any file is written."""
+    m, t, name = config.model, config.train, config.data.name
+    shape = tuple(train_data.event_shape)
+    if m.net == "dcgan" and len(shape) != 3:
+        raise ConfigError(
+            f"model.net: dcgan builds convolutional networks for images (C, H, W), but {name!r} has points of shape {shape}: "
+            "use model.net=mlp"
+        )
+    if m.net == "mlp" and len(shape) != 1:
+        raise ConfigError(f"model.net: mlp builds a GAN for vectors (D,), but {name!r} has images of shape {shape}: use model.net=dcgan")
+    if m.conditional and train_data.y is None:
+        raise ConfigError(
+            f"model.conditional: true conditions the GAN on class labels, but {name!r} has no labels in its "
+            f"{train_data.split} split: set model.conditional=false, or train on a labelled dataset (e.g. ring8, digits)"
+        )
+    _check_gan_net_options(m)
+    if len(train_data) < t.batch_size:
+        raise ConfigError(
+            f"train.batch_size {t.batch_size} is larger than the {len(train_data)} training points, and a GAN steps on full "
+            "batches only: lower train.batch_size or raise data.train_size"
+        )
+    if t.batch_size < m.pack:
+        raise ConfigError(f"train.batch_size {t.batch_size} is smaller than model.pack {m.pack}: a batch must hold at least one pack")
+
+
+def _check_gan_net_options(m) -> None:
+    """Refuse the options of the other network (checked after the data's shape, so that a wrong
+    ``model.net`` is reported as such, not as a leftover option of the right one)."""
+    if m.net == "mlp":
+        for key in ("channels", "critic_channels"):
+            if getattr(m, key) is not None:
+                raise ConfigError(
+                    f"model.{key} sets the widths of a DCGAN's convolutions, but model.net is 'mlp': size the MLPs with "
+                    f"model.hidden and model.critic_hidden, or set model.net=dcgan; remove model.{key}"
+                )
+        if m.critic_hidden is None and not m.hidden:
+            raise ConfigError("the MLP critic needs at least one hidden layer: give model.critic_hidden (or a non-empty model.hidden)")
+        return
+    for key in _changed(m, ("hidden", "critic_hidden")):
+        raise ConfigError(
+            f"model.{key} sizes an MLP, but model.net is 'dcgan': set the convolutions' widths with model.channels "
+            f"and model.critic_channels (or leave them to the image size), or set model.net=mlp; remove model.{key}"
+        )
+
+
+def build_gan(config: RunConfig, train_data):
+    """The configured generator program and its :class:`~pyro_gen.infer.adversarial.Adversarial` objective (holding the critic).
+
+    A conditional GAN has one class per label of the training split (``max label + 1``).
+    """
+    from pyro_gen.infer.adversarial import Adversarial
+    from pyro_gen.models.gan import gan, gan_critic
+
+    m, o = config.model, config.objective
+    shape = tuple(train_data.event_shape)
+    num_classes = int(train_data.y.max()) + 1 if m.conditional else None
+    generator = gan(shape, m.latent_dim, m.hidden, m.net, num_classes=num_classes, channels=m.channels)
+    critic_hidden = m.critic_hidden if m.critic_hidden is not None else m.hidden
+    critic = gan_critic(
+        shape, critic_hidden, m.net, num_classes=num_classes, channels=m.critic_channels, pack=m.pack, spectral_norm=m.spectral_norm
+    )
+    objective = Adversarial(
+        critic,
+        o.name,
+        n_critic=o.n_critic,
+        lr_critic=o.lr_critic,
+        lr_generator=o.lr_generator,
+        betas=tuple(o.betas) if o.betas is not None else None,
+        gp_weight=o.gp_weight,
+        ema_decay=o.ema_decay,
+    )
+    return generator, objective
+
+
+def gan_batches(config: RunConfig, train_data):
+    """Shuffled full batches of the training split (with labels for a conditional GAN).
+
+    The last partial batch of an epoch is dropped: a GAN's step compares a batch of data with as
+    many samples, and a small remainder would give a noisy step (or hold less than one pack).
+    """
+    from pyro_gen.infer.trainer import TensorBatches
+
+    t = config.train
+    labels = train_data.y if config.model.conditional else None
+    return TensorBatches(
+        train_data.x, t.batch_size, shuffle=True, seed=t.seed, transform=train_data.transform_batch, drop_last=True, y=labels
+    )
+
+
+def _train_gan(config: RunConfig, run_dir: Path, resume: bool) -> dict:
+    """Train a generator and its critic with the one trainer (one Adam per player), then score the samples.
+
+    No validation split is given to the trainer: a critic's validation loss says nothing about the
+    samples' quality (it is lowest when the generator is worst), so it must not choose ``best.pt``;
+    every epoch then writes ``best.pt`` and ``last.pt`` alike, and the last epoch is scored.
+    """
+    from pyro_gen.infer.trainer import Trainer
+
+    t = config.train
+    train_data = load_splits(config.data, ("train",))["train"]
+    check_gan_data(config, train_data)
+    pyro.set_rng_seed(t.seed)  # the networks' initial weights (see train)
+    generator, objective = build_gan(config, train_data)
+    batches = gan_batches(config, train_data)
+    trainer = Trainer(
+        generator,
+        None,
+        objective,
+        lr=t.lr,
+        batch_size=t.batch_size,
+        epochs=t.epochs,
+        device=t.device,
+        seed=t.seed,
+        run_dir=run_dir,
+        progress=t.progress,
+        clip_norm=t.clip_norm,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_config(config, run_dir / CONFIG_FILE)
+    history = trainer.fit(batches, None, resume=resume)
+    last = history[-1] if history else {}
+    training = {
+        "epochs": len(history),
+        "seconds_per_epoch": sum(r["seconds"] for r in history) / max(len(history), 1),
+        # the trainer counts batches over the whole run; the generator steps on every n_critic-th
+        "generator_steps": len(history) * len(batches) // config.objective.n_critic,
+        "final_critic_loss": last.get("train_critic_loss", math.nan),
+        "final_generator_loss": last.get("train_generator_loss", math.nan),
+    }
+    _write_json(run_dir / TRAINING_FILE, training)
+    return evaluate_run(run_dir, device=t.device)
+
+
+@dataclass
+class GANRun:
+    """A trained GAN rebuilt from its run directory (:func:`load_gan_run`).
+
+    :ivar generator: the generator program with its trained weights.
+    :ivar objective: the :class:`~pyro_gen.infer.adversarial.Adversarial` objective: its
+        ``critic`` and, with ``objective.ema_decay``, ``ema`` (the moving average of the generator).
+    :ivar splits: the ``train`` and ``test`` splits.
+    """
+
+    config: RunConfig
+    generator: torch.nn.Module
+    objective: torch.nn.Module
+    splits: dict
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """The generator that samples are drawn from: the weights' moving average when there is one."""
+        return self.objective.ema if self.objective.ema is not None else self.generator
+
+    @property
+    def sampler_name(self) -> str:
+        if self.objective.ema is None:
+            return "the generator's weights at the last epoch"
+        return f"the moving average of the generator's weights (objective.ema_decay {self.objective.ema_decay})"
+
+
+def load_gan_run(run_dir, device="cpu", checkpoint: str = "last.pt") -> GANRun:
+    """Rebuild a GAN run's generator, critic and weight average from a checkpoint (default: the last epoch's)."""
+    from pyro_gen.infer.trainer import load_checkpoint
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    if config.model.kind != "gan":
+        raise RunDirError(f"{run_dir} is a model.kind: {config.model.kind} run, not a GAN run")
+    ckpt = load_checkpoint(run_dir / checkpoint, map_location=device)
+    splits = load_splits(config.data, ("train", "test"))
+    generator, objective = build_gan(config, splits["train"])
+    # declaring the players makes the weight average (objective.ema) whose weights the checkpoint holds
+    objective.players(generator, None)
+    generator.load_state_dict(ckpt["model"])
+    objective.load_state_dict(ckpt["objective"])
+    generator.to(device).eval(), objective.to(device).eval()
+    return GANRun(config, generator, objective, splits)
+
+
+@torch.no_grad()
+def draw_samples(generator, num: int, seed: int, y: torch.Tensor | None = None) -> torch.Tensor:
+    """``num`` samples from a generator program, seeded without touching the global random state.
+
+    ``y``: class labels, one per sample, for a conditional generator (default: drawn uniformly by the program).
+    """
+    device = next(generator.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        chunks = []
+        for start in range(0, num, SAMPLE_CHUNK):
+            n = min(SAMPLE_CHUNK, num - start)
+            kwargs = {"batch_size": n} if y is None else {"batch_size": n, "y": y[start : start + n].to(device)}
+            chunks.append(generator(**kwargs))
+    return torch.cat(chunks).cpu()
+
+
+@torch.no_grad()
+def gan_interpolation(generator, rows: int = 8, steps: int = 10, seed: int = 0) -> torch.Tensor:
+    """``rows * steps`` samples; row ``r`` decodes ``steps`` codes on the line between two prior draws.
+
+    The codes are set by conditioning the generator program's latent site (``poutine.condition``),
+    so the program itself runs unchanged. A conditional generator keeps one class per row.
+    """
+    device = next(generator.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        start, end = generator.prior().sample((2, rows))  # (rows, latent) each
+    t = torch.linspace(0, 1, steps, device=device)[None, :, None]
+    codes = ((1 - t) * start[:, None] + t * end[:, None]).reshape((rows * steps,) + tuple(start.shape[1:]))
+    conditioned = pyro.poutine.condition(generator, data={generator.latent_name: codes})
+    if generator.num_classes is None:
+        return conditioned(batch_size=rows * steps).cpu()
+    labels = (torch.arange(rows, device=device) % generator.num_classes).repeat_interleave(steps)
+    return conditioned(batch_size=rows * steps, y=labels).cpu()
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """Where samples and data are compared: ``embed`` maps a batch ``(N, *data_shape)`` to features ``(N, d)``."""
+
+    name: str
+    description: str
+    embed: Callable[[torch.Tensor], torch.Tensor]
+
+
+def sample_feature_space(data_shape) -> FeatureSpace:
+    """The feature space of a GAN's Frechet distance, KID and precision / recall: the one place that chooses it.
+
+    Vectors are compared in their own coordinates. Images are compared as flattened pixel
+    values, the only features available offline today; a trained feature extractor for the
+    domain (an Inception-like embedding, under which the Frechet distance is the FID) would be
+    chosen here. The choice is written into ``metrics.json``: figures from different spaces are
+    not comparable.
+    """
+    if len(data_shape) == 1:
+        return FeatureSpace("data", f"the data's own {data_shape[0]} coordinates", lambda x: x.flatten(1))
+    size = math.prod(data_shape)
+    return FeatureSpace(
+        "pixels",
+        f"flattened pixel values ({'x'.join(map(str, data_shape))} = {size} dimensions), no learned features",
+        lambda x: x.flatten(1),
+    )
+
+
+def _sample_quality(samples: torch.Tensor, real: torch.Tensor, space: FeatureSpace, seed: int) -> tuple[dict, dict]:
+    """Frechet distance, KID and precision / recall of ``samples`` against ``real`` in a feature space; ``(scores, protocol)``."""
+    from pyro_gen.evaluation import frechet_distance, kid, precision_recall
+
+    fake_f, real_f = space.embed(samples), space.embed(real)
+    if min(len(fake_f), len(real_f)) > KID_SUBSET_SIZE:
+        kid_mean, kid_sd = kid(real_f, fake_f, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=seed)
+        kid_estimator = f"unbiased MMD^2, cubic polynomial kernel, mean and std over {KID_SUBSETS} random subsets of {KID_SUBSET_SIZE}"
+    else:
+        # subsets as large as the sets would all be the same set: one estimate on everything, no spread
+        kid_mean, kid_sd = kid(real_f, fake_f)[0], None
+        kid_estimator = f"unbiased MMD^2, cubic polynomial kernel, one estimate on all {len(real_f)} and {len(fake_f)} points"
+    precision, recall = precision_recall(real_f, fake_f, k=PR_NEIGHBOURS)
+    scores = {
+        "frechet_distance": frechet_distance(real_f, fake_f),
+        "kid": kid_mean,
+        "kid_std": kid_sd,
+        "precision": precision,
+        "recall": recall,
+        "feature_space": space.name,
+        "num_samples": len(samples),
+    }
+    protocol = {
+        "samples": len(samples),
+        "real": len(real),
+        "feature_space": f"{space.name}: {space.description}",
+        "frechet_distance": "squared Frechet distance of Gaussians fitted to the real and the generated features (FID in Inception features)",
+        "kid": kid_estimator,
+        "precision_recall": f"k-NN manifolds with k={PR_NEIGHBOURS} (Kynkaanniemi et al. 2019)",
+    }
+    return scores, protocol
+
+
+def _evaluate_gan(run_dir: Path, config: RunConfig, device, figures: bool | None) -> dict:
+    """Score a GAN by its samples; write ``metrics.json`` and the figures.
+
+    * ring8 / grid25: mode coverage with the VEEGAN protocol on
+      :data:`~pyro_gen.evaluation.sample_quality.NUM_SAMPLES` samples (modes covered, fraction
+      of high-quality samples, reverse KL of the mode histogram to uniform);
+    * any other data: Frechet distance, KID and precision / recall of
+      :data:`QUALITY_SAMPLES` samples against as many test points (a seeded random subset when the
+      test split is larger; all of it, and as many samples, when it is smaller), in the feature
+      space chosen by :func:`sample_feature_space`.
+
+    The samples come from :attr:`GANRun.sampler`, seeded with ``train.seed``.
+    """
+    from pyro_gen.evaluation.sample_quality import NUM_SAMPLES, toy_mode_coverage
+
+    run = load_gan_run(run_dir, device or config.train.device)
+    config, test, seed = run.config, run.splits["test"], config.train.seed
+    real = fixed_test_data(test, config.data.seed)
+    if config.data.name in TOY_DATASETS:
+        samples = draw_samples(run.sampler, NUM_SAMPLES, seed)
+        coverage = toy_mode_coverage(samples, config.data.name, num_std=TOY_NUM_STD, min_count=TOY_MIN_COUNT)
+        scores = {**coverage.as_dict(), "reverse_kl": _finite(coverage.reverse_kl), "mode_counts": coverage.counts.tolist()}
+        quality = {
+            "samples": NUM_SAMPLES,
+            "num_std": TOY_NUM_STD,
+            "min_count": TOY_MIN_COUNT,
+            "estimator": (
+                f"VEEGAN protocol (Srivastava et al. 2017): {NUM_SAMPLES} samples; a sample is of high quality within "
+                f"{TOY_NUM_STD:g} standard deviations of its nearest mode; a mode is covered by {TOY_MIN_COUNT} high-quality "
+                "sample(s); reverse KL: KL(q || uniform) of the high-quality samples' histogram q over the modes"
+            ),
+        }
+    else:
+        num = min(QUALITY_SAMPLES, len(real))
+        if num < len(real):
+            # as many real points as samples: the k-NN radii of precision / recall depend on a set's size
+            order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+            real = real[order[:num].sort().values]
+        samples = draw_samples(run.sampler, num, seed)
+        scores, quality = _sample_quality(samples, real, sample_feature_space(run.generator.data_shape), seed)
+    training = _read_json(run_dir / TRAINING_FILE)
+    m, o = config.model, config.objective
+    parameters = {"generator": count_parameters(run.generator), "critic": count_parameters(run.objective.critic)}
+    metrics = {
+        **scores,
+        "epochs": training.get("epochs"),
+        "seconds_per_epoch": training.get("seconds_per_epoch"),
+        "generator_steps": training.get("generator_steps"),
+        "final_critic_loss": _finite(training.get("final_critic_loss")),
+        "final_generator_loss": _finite(training.get("final_generator_loss")),
+        "parameters": sum(parameters.values()),
+        "generator_parameters": parameters["generator"],
+        "critic_parameters": parameters["critic"],
+        "objective": o.name,
+        "model": (
+            f"gan: {m.net} generator (latent {m.latent_dim}) and critic"
+            + (f", conditional on {run.generator.num_classes} classes" if m.conditional else "")
+            + (f", pack {m.pack}" if m.pack > 1 else "")
+            + (", spectral norm" if m.spectral_norm else "")
+        ),
+        "sampler": run.sampler_name,
+        "protocol": {
+            "train": run.splits["train"].protocol(),
+            "test": test.protocol(),
+            "sample_quality": quality,
+            "sampler": run.sampler_name,
+            "seed": seed,
+        },
+    }
+    _write_json(run_dir / METRICS_FILE, metrics)
+    if figures if figures is not None else config.eval.images:
+        _gan_figures(run, samples, real, run_dir, seed)
+    return metrics
+
+
+def _gan_figures(run: GANRun, samples: torch.Tensor, real: torch.Tensor, run_dir: Path, seed: int) -> list[Path]:
+    """``samples.png`` (a scatter over the test data, or a grid of 64 images) and, for images, ``interpolation.png``."""
+    from pyro_gen.analysis import save_image_grid
+
+    if len(run.generator.data_shape) == 1:
+        return [_scatter_samples(samples, real, run.config.data.name, run_dir / "samples.png")]
+    paths = [save_image_grid(samples[:64], run_dir / "samples.png", nrow=8)]
+    paths.append(save_image_grid(gan_interpolation(run.sampler, seed=seed), run_dir / "interpolation.png", nrow=8))
+    return paths
+
+
+def _scatter_samples(samples: torch.Tensor, real: torch.Tensor, name: str, path: Path) -> Path:
+    """Samples over the data (the first two coordinates), with the modes of a toy mixture marked."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from pyro_gen.data.toy import toy_modes
+
+    samples, real = samples.reshape(len(samples), -1), real.reshape(len(real), -1).cpu()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    # the second coordinate of 1-D data is the point's index, so that the points do not overlap
+    column = (lambda x: x[:, 1]) if samples.shape[1] > 1 else (lambda x: torch.arange(len(x)))
+    ax.scatter(real[:, 0], column(real), s=2, alpha=0.3, color="tab:blue", label=f"data ({len(real)} test points)")
+    ax.scatter(samples[:, 0], column(samples), s=2, alpha=0.3, color="tab:orange", label=f"samples ({len(samples)})")
+    if name in TOY_DATASETS:
+        centers, _ = toy_modes(name)
+        ax.scatter(centers[:, 0], centers[:, 1], marker="x", color="k", s=30, label="modes")
+    legend = ax.legend(loc="upper right", fontsize=7)
+    for handle in legend.legend_handles:  # the 2-pixel dots would be invisible in the legend
+        handle.set_sizes([20])
+        handle.set_alpha(1)
+    ax.set_title(f"GAN samples over {name}", fontsize=9)
+    if samples.shape[1] > 1:
+        ax.set_aspect("equal", adjustable="datalim")
+    path = Path(path)
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _sample_gan(run_dir: Path, num: int | None, out, seed: int) -> list[Path]:
+    """A GAN run's samples: an image grid, or a scatter PNG and the points as ``.npy`` for vector data."""
+    from pyro_gen.analysis import save_image_grid
+    from pyro_gen.evaluation.sample_quality import NUM_SAMPLES
+
+    run = load_gan_run(run_dir)
+    out = Path(out) if out else run_dir / "samples.png"
+    if len(run.generator.data_shape) == 3:
+        num = num or 64
+        images = draw_samples(run.sampler, num, seed)
+        return [save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))))]
+    points = draw_samples(run.sampler, num or NUM_SAMPLES, seed)
+    png = _scatter_samples(points, fixed_test_data(run.splits["test"], run.config.data.seed), run.config.data.name, out.with_suffix(".png"))
+    npy = out.with_suffix(".npy")
+    with atomic_path(npy) as tmp, open(tmp, "wb") as f:
+        np.save(f, points.numpy().astype(np.float32))
+    return [png, npy]
 
 
 # -- compare ------------------------------------------------------------------------------------
@@ -578,9 +1145,14 @@ def compare(config: RunConfig, guides, out_dir, jobs: int = 1) -> list[dict]:
     from pyro_gen.guides import parse_guide_name
 
     if config.model.kind != "vae":
+        settings = (
+            "objective.name=non_saturating|wgan_gp|..., model.pack=..."
+            if config.model.kind == "gan"
+            else "guide.name=delta|normal, train.method=nuts"
+        )
         raise ConfigError(
             f"compare trains several amortized guides of one VAE; for model.kind {config.model.kind!r} run 'pyro-gen train' "
-            "once per setting (guide.name=delta|normal, train.method=nuts)"
+            f"once per setting ({settings})"
         )
     check_config(config)
     guides = [g.strip() for g in guides if g.strip()]
@@ -660,6 +1232,12 @@ def analyze_run(run_dir, points: int | None = None, draws: int = 1000, seed: int
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    if config.model.kind == "gan":
+        raise ConfigError(
+            f"'analyze' draws Bayesian diagnostics of a posterior, but {run_dir} is a GAN run (model.kind: gan), which infers "
+            "no posterior (no guide, no likelihood): its sample scores are in metrics.json ('pyro-gen evaluate') and its "
+            "samples in samples.png ('pyro-gen sample')"
+        )
     if points is not None and points < 1:
         raise ConfigError(f"--points must be a positive number of test points, got {points}")
     if draws < 4:

@@ -1,0 +1,448 @@
+"""End-to-end tests of GAN runs through the config, the run directory and the ``pyro-gen`` command line.
+
+Every run is tiny (512 ring8 points, a 2-16-2 generator and a 2-16-1 critic, 2 epochs of 8 batches;
+dcgan_mnist.yaml with one 8-wide layer on 200 of scikit-learn's 8x8 digits) and lives in a tmp directory.
+Runs are trained once per module and shared: tests that would change them work on a copy.
+"""
+
+import contextlib
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pyro_gen.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"  # as in tests/test_cli.py
+RING8 = REPO / "configs" / "gan_ring8.yaml"
+GRID25 = REPO / "configs" / "gan_grid25.yaml"
+DCGAN_MNIST = REPO / "configs" / "dcgan_mnist.yaml"
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# gan_ring8.yaml made tiny: a second or two of CPU per run
+TINY = [
+    "data.train_size=512",
+    "data.test_size=300",
+    "model.hidden=[16]",
+    "train.batch_size=64",
+    "train.progress=false",
+]
+EPOCHS = 2
+RUN_FILES = ["config.yaml", "metrics.jsonl", "last.pt", "best.pt", "training.json", "metrics.json", "samples.png"]
+COVERAGE_KEYS = {"modes_covered", "num_modes", "high_quality", "reverse_kl", "num_samples", "mode_counts"}
+# dcgan_mnist.yaml on 8x8 digits: one stride-2 layer each way, 8 feature maps
+TINY_DCGAN = [
+    "data.name=digits",
+    "data.train_size=200",
+    "data.test_size=100",
+    "model.net=dcgan",
+    "model.latent_dim=4",
+    "model.channels=[8]",
+    "model.critic_channels=[8]",
+    "train.batch_size=50",
+    "train.progress=false",
+    "train.epochs=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline_data(monkeypatch):
+    monkeypatch.setenv("PYRO_GEN_DATA", str(SHARED_DATA))
+
+
+def _run(argv) -> tuple[int, str]:
+    """``main(argv)`` with its stdout captured (usable in module-scoped fixtures, where capsys is not)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue()
+
+
+def _train_tiny(run_dir: Path, epochs: int, *overrides) -> tuple[int, str]:
+    return _run(["train", RING8, *TINY, f"train.epochs={epochs}", *overrides, "--run-dir", run_dir])
+
+
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory) -> tuple[Path, str]:
+    """One tiny 2-epoch ring8 GAN, trained once for the module; treat it as read-only."""
+    run_dir = tmp_path_factory.mktemp("gan") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYRO_GEN_DATA", str(SHARED_DATA))
+        code, out = _train_tiny(run_dir, EPOCHS)
+    assert code == 0, out
+    return run_dir, out
+
+
+@pytest.fixture(scope="module")
+def dcgan_run(tmp_path_factory) -> Path:
+    """dcgan_mnist.yaml made tiny, on 8x8 digits (1 epoch); treat it as read-only."""
+    run_dir = tmp_path_factory.mktemp("dcgan") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYRO_GEN_DATA", str(SHARED_DATA))
+        code, out = _run(["train", DCGAN_MNIST, *TINY_DCGAN, "--run-dir", run_dir])
+    assert code == 0, out
+    return run_dir
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _assert_png(path: Path, min_side: int) -> None:
+    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    image = matplotlib.image.imread(path)
+    assert min(image.shape[:2]) >= min_side, f"{path} has shape {image.shape}"
+    assert image.std() > 0, f"{path} is blank"
+
+
+def _fails(argv, capsys) -> str:
+    """Run ``main(argv)``, check it fails as a user error (status 2, one line on stderr, no traceback); return that line."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith(f"pyro-gen {argv[0]}: error: "), lines[0]
+    return lines[0]
+
+
+def _assert_same(a, b, where: str) -> None:
+    """Nested checkpoint contents (dicts, lists, tensors, numbers) are exactly equal."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), f"{where} differs"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+# -- train -----------------------------------------------------------------------------------------
+def test_train_writes_every_file_of_a_gan_run_directory(gan_run):
+    run_dir, out = gan_run
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    assert not missing, f"missing from the run directory: {missing}"
+    assert f"run directory: {run_dir}" in out
+    assert "modes covered" in out and "2500 samples, 3 std" in out
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["kind"] == "gan" and config["model"]["hidden"] == [16]  # the override
+    assert config["objective"] == {**config["objective"], "name": "non_saturating", "ema_decay": 0.99}  # from gan_ring8.yaml
+
+
+def test_train_metrics_jsonl_logs_both_players_per_epoch(gan_run):
+    run_dir, _ = gan_run
+    records = _read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
+    for r in records:
+        assert math.isfinite(r["train_critic_loss"]) and math.isfinite(r["train_generator_loss"]), r
+        assert r["train_loss"] == r["train_critic_loss"]
+        assert "valid_loss" not in r  # a GAN is selected by no validation score
+
+
+def test_train_checkpoints_hold_both_players_and_both_optimizers(gan_run):
+    run_dir, _ = gan_run
+    last = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == best["epoch"] == EPOCHS  # without a validation score every epoch is the "best"
+    assert set(last["optimizers"]) == {"critic", "generator"}
+    assert last["step"] == EPOCHS * (512 // 64)  # full batches only
+    keys = set(last["objective"])
+    assert any(k.startswith("critic.") for k in keys) and any(k.startswith("ema.") for k in keys)
+    training = json.loads((run_dir / "training.json").read_text())
+    assert training["epochs"] == EPOCHS and training["generator_steps"] == EPOCHS * 8
+
+
+def test_train_metrics_json_has_the_mode_coverage_with_its_protocol(gan_run):
+    from pyro_gen.evaluation import toy_mode_coverage
+    from pyro_gen.run import draw_samples, load_gan_run
+
+    run_dir, _ = gan_run
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert COVERAGE_KEYS <= set(m)
+    assert m["num_modes"] == 8 and 0 <= m["modes_covered"] <= 8 and 0 <= m["high_quality"] <= 1
+    assert m["num_samples"] == 2500 and sum(m["mode_counts"]) == round(m["high_quality"] * 2500)
+    q = m["protocol"]["sample_quality"]
+    assert (q["samples"], q["num_std"], q["min_count"]) == (2500, 3.0, 1) and "VEEGAN" in q["estimator"]
+    assert m["protocol"]["test"]["name"] == "ring8" and m["protocol"]["test"]["n"] == 300
+    assert m["protocol"]["train"]["n"] == 512 and m["protocol"]["seed"] == 0
+    assert m["epochs"] == EPOCHS and m["objective"] == "non_saturating" and "moving average" in m["sampler"]
+    assert m["parameters"] == m["generator_parameters"] + m["critic_parameters"] > 0
+    # independently: 2500 samples of the weight average, seeded with train.seed, scored by the library
+    run = load_gan_run(run_dir)
+    assert run.sampler is run.objective.ema
+    coverage = toy_mode_coverage(draw_samples(run.sampler, 2500, seed=0), "ring8", num_std=3.0)
+    assert (coverage.modes_covered, coverage.high_quality) == (m["modes_covered"], m["high_quality"])
+    assert coverage.counts.tolist() == m["mode_counts"]
+
+
+def test_train_scatter_shows_samples_over_the_data(gan_run):
+    _assert_png(gan_run[0] / "samples.png", min_side=300)
+
+
+# -- resume ------------------------------------------------------------------------------------------
+def test_resume_continues_both_players_and_optimizers_bit_for_bit(gan_run, tmp_path):
+    # an interrupted 2-epoch run is a 1-epoch run whose config.yaml then asks for 2
+    full_dir, _ = gan_run
+    run_dir = tmp_path / "run"
+    torch.manual_seed(12345)  # train.seed alone decides the initial weights
+    assert _train_tiny(run_dir, 1)[0] == 0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["train"]["epochs"] = EPOCHS
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    code, out = _run(["train", "--resume", "--run-dir", run_dir])
+    assert code == 0, out
+
+    resumed, full = _read_jsonl(run_dir / "metrics.jsonl"), _read_jsonl(full_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in resumed] == [1, 2]
+    for key in ("train_critic_loss", "train_generator_loss", "train_critic_real", "train_critic_fake"):
+        assert [r[key] for r in resumed] == [r[key] for r in full], key
+    a = torch.load(run_dir / "last.pt", weights_only=True)
+    b = torch.load(full_dir / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == EPOCHS and a["step"] == b["step"]
+    for part in ("model", "objective", "optimizers"):  # generator; critic and weight average; both Adams
+        _assert_same(a[part], b[part], part)
+    m, m_full = json.loads((run_dir / "metrics.json").read_text()), json.loads((full_dir / "metrics.json").read_text())
+    assert {k: m[k] for k in COVERAGE_KEYS} == {k: m_full[k] for k in COVERAGE_KEYS}
+
+
+def test_resume_of_a_finished_gan_run_adds_no_epoch(gan_run, tmp_path):
+    run_dir = _copy_run(gan_run[0], tmp_path)
+    before = (run_dir / "metrics.jsonl").read_text()
+    code, out = _run(["train", "--resume", "--run-dir", run_dir])
+    assert code == 0, out
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == EPOCHS
+
+
+# -- evaluate / sample ------------------------------------------------------------------------------
+def test_evaluate_rewrites_the_same_scores_and_the_scatter(gan_run, tmp_path):
+    run_dir = _copy_run(gan_run[0], tmp_path)
+    before = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "samples.png").unlink()
+    code, out = _run(["evaluate", run_dir, "--no-figures"])
+    assert code == 0, out
+    assert "modes covered" in out
+    assert not (run_dir / "samples.png").exists(), "--no-figures wrote a figure"
+    assert json.loads((run_dir / "metrics.json").read_text()) == before  # seeded: the same samples, the same scores
+    assert _run(["evaluate", run_dir])[0] == 0
+    _assert_png(run_dir / "samples.png", min_side=300)
+
+
+def test_sample_writes_a_scatter_and_the_points(gan_run, tmp_path):
+    out_png = tmp_path / "points.png"
+    code, out = _run(["sample", gan_run[0], "--num", 100, "--out", out_png, "--seed", 3])
+    assert code == 0, out
+    assert str(out_png) in out and str(tmp_path / "points.npy") in out
+    _assert_png(out_png, min_side=300)
+    points = np.load(tmp_path / "points.npy")
+    assert points.shape == (100, 2) and points.dtype == np.float32 and np.isfinite(points).all()
+    # the seed decides the points
+    assert _run(["sample", gan_run[0], "--num", 100, "--out", tmp_path / "again.png", "--seed", 3])[0] == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), points)
+    assert _run(["sample", gan_run[0], "--num", 100, "--out", tmp_path / "other.png", "--seed", 4])[0] == 0
+    assert not np.array_equal(np.load(tmp_path / "other.npy"), points)
+
+
+def test_load_run_of_a_gan_gives_the_sampling_generator_and_no_guide(gan_run):
+    from pyro_gen.models.gan import GANGenerator
+    from pyro_gen.run import load_run
+
+    config, model, guide, splits = load_run(gan_run[0])
+    assert config.model.kind == "gan" and isinstance(model, GANGenerator) and guide is None
+    assert set(splits) == {"train", "test"}
+    assert model(batch_size=5).shape == (5, 2)
+
+
+# -- images: a DCGAN -----------------------------------------------------------------------------------
+def test_dcgan_run_scores_samples_in_a_recorded_feature_space(dcgan_run):
+    m = json.loads((dcgan_run / "metrics.json").read_text())
+    assert {"frechet_distance", "kid", "kid_std", "precision", "recall", "feature_space", "num_samples"} <= set(m)
+    assert m["feature_space"] == "pixels" and m["num_samples"] == 100  # at most the test split's size
+    assert m["frechet_distance"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+    q = m["protocol"]["sample_quality"]
+    assert q["feature_space"].startswith("pixels: flattened pixel values (1x8x8 = 64 dimensions)")
+    assert q["samples"] == 100 and q["real"] == 100
+    assert m["sampler"] == "the moving average of the generator's weights (objective.ema_decay 0.999)"
+    assert m["model"] == "gan: dcgan generator (latent 4) and critic, spectral norm"
+
+
+def test_dcgan_frechet_distance_is_the_librarys_on_the_same_samples(dcgan_run):
+    from pyro_gen.evaluation import frechet_distance, precision_recall
+    from pyro_gen.run import draw_samples, fixed_test_data, load_gan_run
+
+    m = json.loads((dcgan_run / "metrics.json").read_text())
+    run = load_gan_run(dcgan_run)
+    samples = draw_samples(run.sampler, 100, seed=0).flatten(1)
+    real = fixed_test_data(run.splits["test"], 0).flatten(1)
+    assert m["frechet_distance"] == pytest.approx(frechet_distance(real, samples), rel=1e-9)
+    assert (m["precision"], m["recall"]) == pytest.approx(precision_recall(real, samples, k=3))
+
+
+def test_a_larger_test_split_is_subsampled_to_as_many_points_as_samples(dcgan_run, tmp_path, monkeypatch):
+    import pyro_gen.run
+
+    run_dir = _copy_run(dcgan_run, tmp_path)
+    monkeypatch.setattr(pyro_gen.run, "QUALITY_SAMPLES", 40)  # fewer than the 100 test images
+    assert _run(["evaluate", run_dir, "--no-figures"])[0] == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["num_samples"] == 40 and m["protocol"]["sample_quality"]["real"] == 40
+    assert "one estimate on all 40 and 40 points" in m["protocol"]["sample_quality"]["kid"] and m["kid_std"] is None
+    # sets larger than KID's subsets: mean and spread over random subsets
+    monkeypatch.setattr(pyro_gen.run, "KID_SUBSET_SIZE", 30)
+    assert _run(["evaluate", run_dir, "--no-figures"])[0] == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert "over 10 random subsets of 30" in m["protocol"]["sample_quality"]["kid"] and m["kid_std"] > 0
+
+
+def test_dcgan_figures_are_a_sample_grid_and_a_latent_interpolation(dcgan_run):
+    # 8x8 digits are drawn enlarged to 32x32: 8 rows of samples, 8 rows of 10 interpolation steps
+    _assert_png(dcgan_run / "samples.png", min_side=8 * 32)
+    _assert_png(dcgan_run / "interpolation.png", min_side=8 * 32)
+
+
+def test_interpolation_conditions_the_generators_z_site(dcgan_run):
+    from pyro_gen.run import gan_interpolation, load_gan_run
+
+    generator = load_gan_run(dcgan_run).sampler
+    rows = gan_interpolation(generator, rows=3, steps=5, seed=7).reshape(3, 5, 1, 8, 8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        start, end = generator.prior().sample((2, 3))
+    with torch.no_grad():  # the ends of each row are the generator's images of the two codes
+        torch.testing.assert_close(rows[:, 0], generator.generate(start))
+        torch.testing.assert_close(rows[:, -1], generator.generate(end))
+        torch.testing.assert_close(rows[:, 2], generator.generate((start + end) / 2))
+
+
+def test_sample_of_a_dcgan_writes_an_image_grid(dcgan_run, tmp_path):
+    out_png = tmp_path / "grid.png"
+    code, out = _run(["sample", dcgan_run, "--num", 16, "--out", out_png])
+    assert code == 0, out
+    assert out.strip() == f"wrote {out_png}"
+    _assert_png(out_png, min_side=4 * 32)
+
+
+def test_conditional_gan_trains_on_the_datasets_labels(tmp_path):
+    run_dir = tmp_path / "cond"
+    code, out = _train_tiny(run_dir, 1, "model.conditional=true", "eval.images=false")
+    assert code == 0, out
+    from pyro_gen.run import load_gan_run
+
+    run = load_gan_run(run_dir)
+    assert run.generator.num_classes == 8 and run.objective.critic.num_classes == 8  # ring8's modes are its labels
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert "conditional on 8 classes" in m["model"] and m["num_samples"] == 2500
+
+
+# -- the shipped configs ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "path, data, net, pack", [(RING8, "ring8", "mlp", 1), (GRID25, "grid25", "mlp", 4), (DCGAN_MNIST, "binarized_mnist", "dcgan", 1)]
+)
+def test_shipped_gan_configs_load_and_pass_the_run_checks(path, data, net, pack):
+    from pyro_gen.config import load_config
+    from pyro_gen.run import check_config
+
+    config = load_config(path)
+    check_config(config)
+    assert (config.model.kind, config.data.name, config.model.net, config.model.pack) == ("gan", data, net, pack)
+
+
+# -- errors: exit status 2 and one clear line, before anything is written -------------------------------
+@pytest.mark.parametrize(
+    "config, overrides, expected",
+    [
+        (RING8, ["model.packs=4"], "unknown config key 'model.packs'; did you mean 'model.pack'?"),
+        (RING8, ["objective.n_critc=5"], "did you mean 'objective.n_critic'?"),
+        (RING8, ["objective.ema_decay=high"], "config key 'objective.ema_decay' must be a number or null"),
+        (RING8, ["model.conditional=1"], "config key 'model.conditional' must be true or false"),
+        # gan_ring8.yaml sizes MLPs (model.hidden): the wrong network is reported, not its leftover option
+        (
+            RING8,
+            ["model.net=dcgan"],
+            "model.net: dcgan builds convolutional networks for images (C, H, W), but 'ring8' has points of shape (2,): use model.net=mlp",
+        ),
+        (
+            DCGAN_MNIST,
+            ["data.name=frey_faces", "model.conditional=true"],
+            "'frey_faces' has no labels in its train split: set model.conditional=false",
+        ),
+        (
+            RING8,
+            ["data.name=digits", "data.train_size=500"],
+            "model.net: mlp builds a GAN for vectors (D,), but 'digits' has images of shape (1, 8, 8): use model.net=dcgan",
+        ),
+        (RING8, ["objective.name=elbo"], "objective.name 'elbo' is not an adversarial loss"),
+        (RING8, ["objective.name=wasserstein"], "one of minimax, non_saturating, wgan_gp, hinge"),
+        (RING8, ["model.net=conv"], "model.net 'conv' is not a GAN network"),
+        (RING8, ["model.conditional=true", "model.pack=2"], "a conditional GAN cannot be packed"),
+        (RING8, ["objective.beta=0.5"], "objective.beta does not apply to model.kind: gan"),
+        (RING8, ["guide.name=planar:2"], "guide.name does not apply to model.kind: gan (a GAN has no guide"),
+        (RING8, ["eval.nll_samples=10"], "eval.nll_samples does not apply to model.kind: gan"),
+        (RING8, ["train.patience=3"], "train.patience stops on a validation score, and a GAN has none"),
+        (RING8, ["data.valid_size=100"], "remove data.valid_size"),
+        (RING8, ["model.channels=[8]"], "but model.net is 'mlp'"),
+        (DCGAN_MNIST, ["data.name=digits", "model.hidden=[64]"], "model.hidden sizes an MLP, but model.net is 'dcgan'"),
+        (RING8, ["objective.betas=[0.5]"], "objective.betas must be two numbers in [0, 1)"),
+        (RING8, ["objective.ema_decay=1.0"], "objective.ema_decay must be in [0, 1)"),
+        (RING8, ["objective.n_critic=0"], "objective.n_critic (critic steps per generator step) must be at least 1"),
+        (RING8, ["data.train_size=100"], "train.batch_size 256 is larger than the 100 training points"),
+        (RING8, ["train.method=nuts"], "a GAN's generator and critic are fitted with train.method: svi"),
+        (QUICKSTART, ["model.pack=4"], "model.pack is an option of a GAN (model.kind: gan)"),
+        (QUICKSTART, ["objective.n_critic=5"], "objective.n_critic is an option of a GAN"),
+    ],
+)
+def test_bad_gan_settings_are_one_clear_line(config, overrides, expected, tmp_path, capsys):
+    message = _fails(["train", config, *overrides, "--run-dir", tmp_path / "run"], capsys)
+    assert expected in message
+    assert not (tmp_path / "run").exists(), "the run directory was written before the config was checked"
+
+
+def test_vae_only_commands_refuse_a_gan_run(gan_run, tmp_path, capsys):
+    run_dir = _copy_run(gan_run[0], tmp_path)
+    message = _fails(["analyze", run_dir], capsys)
+    assert "is a GAN run (model.kind: gan)" in message and "no posterior" in message and "metrics.json" in message
+    assert "drop --nll-samples" in _fails(["evaluate", run_dir, "--nll-samples", 100], capsys)
+    message = _fails(["compare", "--config", RING8, "--guides", "normal", "--out", tmp_path / "cmp"], capsys)
+    assert "compare trains several amortized guides of one VAE" in message and "model.kind 'gan'" in message
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_resume_checks_the_runs_config_again(gan_run, tmp_path, capsys):
+    # a config.yaml edited into a setting that cannot work is refused before the checkpoint is touched
+    run_dir = _copy_run(gan_run[0], tmp_path)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["objective"]["n_critic"] = 0
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    assert "objective.n_critic" in _fails(["train", "--resume", "--run-dir", run_dir], capsys)
+
+
+def test_list_names_the_adversarial_losses():
+    from pyro_gen.infer.adversarial import LOSSES
+
+    code, out = _run(["list"])
+    assert code == 0
+    assert "gan losses:  " + ", ".join(LOSSES) in out
