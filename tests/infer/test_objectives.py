@@ -363,3 +363,39 @@ def test_flow_kl_declines_what_is_not_a_flow():
 
     q = _standard_normal(3)
     assert flow_kl(q, _standard_normal(3), q.sample()) is None
+
+
+def test_flow_kl_stays_exact_when_a_wide_base_is_contracted_back_to_the_prior():
+    """The failure the fixed control variate had: q0 = N(0, 30^2 I), f(z) = z / 30, so q = p and KL = 0.
+
+    ``log q(z) - log p(z)`` is exactly 0 per draw, while the fixed control variate (coefficient 1) carries
+    ``|z0|^2 / 2`` terms with a standard deviation of hundreds of nats; the fitted coefficient drops it.
+    """
+    import pyro.distributions as dist
+    from torch.distributions.transforms import AffineTransform
+
+    from pyro_gen.infer.objectives import control_variate_coefficient, flow_kl
+
+    torch.manual_seed(0)
+    dim = 3
+    base = dist.Normal(torch.zeros(256, dim), 30.0 * torch.ones(256, dim)).to_event(1)
+    q = dist.TransformedDistribution(base, [AffineTransform(0.0, 1.0 / 30.0, event_dim=1)])
+    p = _standard_normal(dim)
+    z = q.rsample()
+    kl = flow_kl(q, p, z)
+    assert kl.abs().max() < 1e-3
+    # the old estimator (coefficient fixed at 1) on the same draws
+    z0 = z * 30.0
+    fixed = torch.distributions.kl_divergence(base, p) - (p.log_prob(z) - p.log_prob(z0)) - dim * math.log(1 / 30.0)
+    assert fixed.std() > 100
+    assert control_variate_coefficient(q.log_prob(z) - p.log_prob(z), fixed - (q.log_prob(z) - p.log_prob(z))) < 0.01
+
+
+def test_control_variate_coefficient_is_one_for_a_perfectly_anticorrelated_control_and_zero_for_noise():
+    from pyro_gen.infer.objectives import control_variate_coefficient
+
+    torch.manual_seed(0)
+    e = torch.randn(1000)
+    assert control_variate_coefficient(e, -e) == pytest.approx(1.0)
+    assert control_variate_coefficient(e, e) == 0.0  # would add variance: clipped at 0
+    assert control_variate_coefficient(e[:1], -e[:1]) == 1.0  # one draw: no estimate, the default
