@@ -223,12 +223,22 @@ def fixed_test_data(test, seed: int) -> torch.Tensor:
 
 
 # -- train / evaluate / sample ---------------------------------------------------------------
+def _trainer(config: RunConfig, model, guide, objective, run_dir: Path, patience: int | None = None):
+    """The one Trainer, set from the config's ``train`` section."""
+    from pyro_gen.infer.trainer import Trainer
+
+    t = config.train
+    return Trainer(
+        model, guide, objective, lr=t.lr, batch_size=t.batch_size, epochs=t.epochs, device=t.device, seed=t.seed,
+        run_dir=run_dir, patience=patience, progress=t.progress, clip_norm=t.clip_norm,
+    )  # fmt: skip
+
+
 def train(config: RunConfig, run_dir, resume: bool = False, device: str | None = None) -> dict:
     """Train the configured model and guide into ``run_dir``, evaluate on the test split, write figures.
 
     Returns the contents of ``metrics.json``.
     """
-    from pyro_gen.infer.trainer import Trainer
 
     run_dir = Path(run_dir)
     if resume and not (run_dir / CONFIG_FILE).exists():
@@ -258,20 +268,7 @@ def train(config: RunConfig, run_dir, resume: bool = False, device: str | None =
     model = build_model(config, tuple(train_data.event_shape))
     guide = build_guide(config, model, train_data.x)
     t = config.train
-    trainer = Trainer(
-        model,
-        guide,
-        build_objective(config, model),
-        lr=t.lr,
-        batch_size=t.batch_size,
-        epochs=t.epochs,
-        device=t.device,
-        seed=t.seed,
-        run_dir=run_dir,
-        patience=t.patience,
-        progress=t.progress,
-        clip_norm=t.clip_norm,
-    )
+    trainer = _trainer(config, model, guide, build_objective(config, model), run_dir, patience=t.patience)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(config, run_dir / CONFIG_FILE)
@@ -774,7 +771,6 @@ def _train_gan(config: RunConfig, run_dir: Path, resume: bool) -> dict:
     samples' quality (it is lowest when the generator is worst), so it must not choose ``best.pt``;
     every epoch then writes ``best.pt`` and ``last.pt`` alike, and the last epoch is scored.
     """
-    from pyro_gen.infer.trainer import Trainer
 
     t = config.train
     train_data = load_splits(config.data, ("train",))["train"]
@@ -782,19 +778,7 @@ def _train_gan(config: RunConfig, run_dir: Path, resume: bool) -> dict:
     pyro.set_rng_seed(t.seed)  # the networks' initial weights (see train)
     generator, objective = build_gan(config, train_data)
     batches = gan_batches(config, train_data)
-    trainer = Trainer(
-        generator,
-        None,
-        objective,
-        lr=t.lr,
-        batch_size=t.batch_size,
-        epochs=t.epochs,
-        device=t.device,
-        seed=t.seed,
-        run_dir=run_dir,
-        progress=t.progress,
-        clip_norm=t.clip_norm,
-    )
+    trainer = _trainer(config, generator, None, objective, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(config, run_dir / CONFIG_FILE)

@@ -17,11 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib.image
 import numpy as np
 import pytest
 import torch
 import yaml
+from cli_support import assert_png as _assert_png
+from cli_support import fails as _fails
+from cli_support import read_jsonl as _read_jsonl
 
 from pyro_gen.cli import main
 
@@ -29,7 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 # The repository sits next to the ``shared`` folder (as in tests/data/conftest.py): <parent>/main/tests/test_cli.py.
 SHARED_DATA = REPO.parent / "shared" / "data"
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # quickstart.yaml made tiny: a few seconds of CPU per run, no progress bars in the test log
 TINY = [
@@ -89,30 +90,6 @@ def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     return copy
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _assert_png(path: Path, min_side: int) -> None:
-    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
-    image = matplotlib.image.imread(path)
-    assert image.ndim in (2, 3) and min(image.shape[:2]) >= min_side, f"{path} has shape {image.shape}"
-    assert image.std() > 0, f"{path} is blank"
-
-
-def _fails(argv, capsys) -> str:
-    """Run ``main(argv)``, check it fails as a user error (status 2, one line on stderr, no traceback); return that line."""
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith(f"pyro-gen {argv[0]}: error: "), lines[0]
-    return lines[0]
 
 
 # -- train -----------------------------------------------------------------------------------------

@@ -12,11 +12,13 @@ import math
 import shutil
 from pathlib import Path
 
-import matplotlib.image
 import numpy as np
 import pytest
 import torch
 import yaml
+from cli_support import assert_png as _assert_png
+from cli_support import fails as _fails
+from cli_support import read_jsonl as _read_jsonl
 
 from pyro_gen.cli import main
 
@@ -26,7 +28,6 @@ RING8 = REPO / "configs" / "gan_ring8.yaml"
 GRID25 = REPO / "configs" / "gan_grid25.yaml"
 DCGAN_MNIST = REPO / "configs" / "dcgan_mnist.yaml"
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # gan_ring8.yaml made tiny: a second or two of CPU per run
 TINY = [
@@ -97,30 +98,6 @@ def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     return copy
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _assert_png(path: Path, min_side: int) -> None:
-    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
-    image = matplotlib.image.imread(path)
-    assert min(image.shape[:2]) >= min_side, f"{path} has shape {image.shape}"
-    assert image.std() > 0, f"{path} is blank"
-
-
-def _fails(argv, capsys) -> str:
-    """Run ``main(argv)``, check it fails as a user error (status 2, one line on stderr, no traceback); return that line."""
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith(f"pyro-gen {argv[0]}: error: "), lines[0]
-    return lines[0]
 
 
 def _assert_same(a, b, where: str) -> None:

@@ -1,0 +1,35 @@
+"""Helpers shared by the command-line tests (``test_cli.py``, ``test_cli_gan.py``)."""
+
+import json
+from pathlib import Path
+
+import matplotlib.image
+
+from pyro_gen.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_png(path: Path, min_side: int) -> None:
+    """``path`` is a non-blank PNG image whose sides are at least ``min_side`` pixels."""
+    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    image = matplotlib.image.imread(path)
+    assert image.ndim in (2, 3) and min(image.shape[:2]) >= min_side, f"{path} has shape {image.shape}"
+    assert image.std() > 0, f"{path} is blank"
+
+
+def fails(argv, capsys) -> str:
+    """Run ``main(argv)``, check it fails as a user error (status 2, one line on stderr, no traceback); return that line."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith(f"pyro-gen {argv[0]}: error: "), lines[0]
+    return lines[0]
