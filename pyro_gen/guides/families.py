@@ -177,8 +177,11 @@ def iaf_flow(context_dim: int, dim: int, num_layers: int, lr_scale: float | None
     transforms: list = []
     for i in range(num_layers):
         arn = ConditionalAutoRegressiveNN(dim, context_dim, [hidden])
-        # stable variant of Kingma et al. 2016: sigmoid-gated update, starts near the identity
-        transforms.append(T.ConditionalAffineAutoregressive(arn, stable=True))
+        # affine update y = exp(s) * z + m with a zero output layer: s = m = 0, so every fresh layer is the
+        # identity (Pyro's "stable" sigmoid-gated variant starts as a 0.88 contraction per layer instead)
+        nn.init.zeros_(arn.layers[-1].weight)
+        nn.init.zeros_(arn.layers[-1].bias)
+        transforms.append(T.ConditionalAffineAutoregressive(arn))
         if i < num_layers - 1:
             transforms.append(_reverse(dim))
     return Flow(context_dim, dim, transforms, lr_scale)

@@ -143,9 +143,9 @@ def test_fresh_flow_has_the_requested_trainable_layers(kind):
     assert sum(not isinstance(t, T.Permute) for t in conditioned) == LAYERS
 
 
-@pytest.mark.parametrize("kind", ["planar", "radial", "coupling"])
+@pytest.mark.parametrize("kind", FLOW_KINDS)
 def test_fresh_flow_starts_at_the_identity(kind):
-    """Fresh planar, radial and coupling layers leave z and log q unchanged (then training moves them).
+    """Fresh layers of every flow leave z and log q unchanged (then training moves them).
 
     For planar this needs the hypernet's bias init: Pyro's invertibility constraint maps u, w ~ 0
     to a layer that contracts z by ~0.69 along w, so a default-initialised planar:10 starts far from its base.
@@ -159,8 +159,8 @@ def test_fresh_flow_starts_at_the_identity(kind):
     ]:
         eps = family.base(h).sample()
         z, logdet = push(family, h, eps)
-        # coupling's reversals permute coordinates; undo them (LAYERS - 1 reversals)
-        if kind == "coupling" and (LAYERS - 1) % 2:
+        # coupling's and IAF's reversals permute coordinates; undo them (LAYERS - 1 reversals)
+        if kind in ("coupling", "iaf") and (LAYERS - 1) % 2:
             z = z.flip(-1)
         assert (z - eps).abs().max() < tol, kind
         assert logdet.abs().max() < tol, kind
