@@ -23,3 +23,14 @@ def _seed_and_clear_param_store():
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache_in_a_temporary_directory(tmp_path_factory):
+    """Trained feature extractors are cached per session in a temporary directory, not in the user's ~/.cache."""
+    if "PYRO_GEN_CACHE" in os.environ:
+        yield
+        return
+    os.environ["PYRO_GEN_CACHE"] = str(tmp_path_factory.mktemp("pyro_gen_cache"))
+    yield
+    os.environ.pop("PYRO_GEN_CACHE", None)

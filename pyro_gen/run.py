@@ -28,7 +28,6 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -879,39 +878,31 @@ def gan_interpolation(generator, rows: int = 8, steps: int = 10, seed: int = 0) 
     return conditioned(batch_size=rows * steps, y=labels).cpu()
 
 
-@dataclass(frozen=True)
-class FeatureSpace:
-    """Where samples and data are compared: ``embed`` maps a batch ``(N, *data_shape)`` to features ``(N, d)``."""
-
-    name: str
-    description: str
-    embed: Callable[[torch.Tensor], torch.Tensor]
+# image shapes with a trained domain feature space (pyro_gen.evaluation.features): 28x28 and 8x8 digits
+DOMAIN_FEATURE_SPACES = {(1, 28, 28): "mnist28", (1, 8, 8): "digits8"}
 
 
-def sample_feature_space(data_shape) -> FeatureSpace:
+def sample_feature_space(data_shape, data_dir=None):
     """The feature space of a GAN's Frechet distance, KID and precision / recall: the one place that chooses it.
 
-    Vectors are compared in their own coordinates. Images are compared as flattened pixel
-    values, the only features available offline today; a trained feature extractor for the
-    domain (an Inception-like embedding, under which the Frechet distance is the FID) would be
-    chosen here. The choice is written into ``metrics.json``: figures from different spaces are
-    not comparable.
+    Digit images (1x28x28, 1x8x8) are compared in the library's trained, cached digit-classifier
+    features (:func:`pyro_gen.evaluation.features.domain_features`, offline); other data in its own
+    coordinates (flattened pixels for other images, e.g. Frey faces: no labelled set to train an
+    extractor on). The space's name and description go into ``metrics.json``: figures from
+    different spaces are not comparable.
     """
-    if len(data_shape) == 1:
-        return FeatureSpace("data", f"the data's own {data_shape[0]} coordinates", lambda x: x.flatten(1))
-    size = math.prod(data_shape)
-    return FeatureSpace(
-        "pixels",
-        f"flattened pixel values ({'x'.join(map(str, data_shape))} = {size} dimensions), no learned features",
-        lambda x: x.flatten(1),
-    )
+    from pyro_gen.evaluation.features import feature_space, identity_space
+
+    domain = DOMAIN_FEATURE_SPACES.get(tuple(data_shape))
+    return feature_space(domain, data_dir=data_dir) if domain else identity_space()
 
 
-def _sample_quality(samples: torch.Tensor, real: torch.Tensor, space: FeatureSpace, seed: int) -> tuple[dict, dict]:
+def _sample_quality(samples: torch.Tensor, real: torch.Tensor, space, seed: int) -> tuple[dict, dict]:
     """Frechet distance, KID and precision / recall of ``samples`` against ``real`` in a feature space; ``(scores, protocol)``."""
     from pyro_gen.evaluation import frechet_distance, kid, precision_recall
+    from pyro_gen.evaluation.features import extract_features
 
-    fake_f, real_f = space.embed(samples), space.embed(real)
+    fake_f, real_f = extract_features(samples, space), extract_features(real, space)
     if min(len(fake_f), len(real_f)) > KID_SUBSET_SIZE:
         kid_mean, kid_sd = kid(real_f, fake_f, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=seed)
         kid_estimator = f"unbiased MMD^2, cubic polynomial kernel, mean and std over {KID_SUBSETS} random subsets of {KID_SUBSET_SIZE}"
@@ -979,7 +970,7 @@ def _evaluate_gan(run_dir: Path, config: RunConfig, device, figures: bool | None
             order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
             real = real[order[:num].sort().values]
         samples = draw_samples(run.sampler, num, seed)
-        scores, quality = _sample_quality(samples, real, sample_feature_space(run.generator.data_shape), seed)
+        scores, quality = _sample_quality(samples, real, sample_feature_space(run.generator.data_shape, config.data.data_dir), seed)
     training = _read_json(run_dir / TRAINING_FILE)
     m, o = config.model, config.objective
     parameters = {"generator": count_parameters(run.generator), "critic": count_parameters(run.objective.critic)}

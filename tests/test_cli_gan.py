@@ -258,10 +258,10 @@ def test_load_run_of_a_gan_gives_the_sampling_generator_and_no_guide(gan_run):
 def test_dcgan_run_scores_samples_in_a_recorded_feature_space(dcgan_run):
     m = json.loads((dcgan_run / "metrics.json").read_text())
     assert {"frechet_distance", "kid", "kid_std", "precision", "recall", "feature_space", "num_samples"} <= set(m)
-    assert m["feature_space"] == "pixels" and m["num_samples"] == 100  # at most the test split's size
+    assert m["feature_space"] == "domain:digits8" and m["num_samples"] == 100  # at most the test split's size
     assert m["frechet_distance"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
     q = m["protocol"]["sample_quality"]
-    assert q["feature_space"].startswith("pixels: flattened pixel values (1x8x8 = 64 dimensions)")
+    assert q["feature_space"].startswith("domain:digits8: ")  # the library's trained digit-classifier features
     assert q["samples"] == 100 and q["real"] == 100
     assert m["sampler"] == "the moving average of the generator's weights (objective.ema_decay 0.999)"
     assert m["model"] == "gan: dcgan generator (latent 4) and critic, spectral norm"
@@ -273,10 +273,11 @@ def test_dcgan_frechet_distance_is_the_librarys_on_the_same_samples(dcgan_run):
 
     m = json.loads((dcgan_run / "metrics.json").read_text())
     run = load_gan_run(dcgan_run)
-    samples = draw_samples(run.sampler, 100, seed=0).flatten(1)
-    real = fixed_test_data(run.splits["test"], 0).flatten(1)
-    assert m["frechet_distance"] == pytest.approx(frechet_distance(real, samples), rel=1e-9)
-    assert (m["precision"], m["recall"]) == pytest.approx(precision_recall(real, samples, k=3))
+    samples = draw_samples(run.sampler, 100, seed=0)
+    real = fixed_test_data(run.splits["test"], 0)
+    # the same samples scored by the library's functions in the same (cached digits8) feature space
+    assert m["frechet_distance"] == pytest.approx(frechet_distance(real, samples, space="digits8"), rel=1e-6)
+    assert (m["precision"], m["recall"]) == pytest.approx(precision_recall(real, samples, k=3, space="digits8"))
 
 
 def test_a_larger_test_split_is_subsampled_to_as_many_points_as_samples(dcgan_run, tmp_path, monkeypatch):
