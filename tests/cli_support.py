@@ -33,3 +33,10 @@ def fails(argv, capsys) -> str:
     assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
     assert lines[0].startswith(f"pyro-gen {argv[0]}: error: "), lines[0]
     return lines[0]
+
+
+def assert_train_refused_before_writing(config, overrides, expected: str, tmp_path: Path, capsys) -> None:
+    """``pyro-gen train CONFIG OVERRIDES`` fails with one line containing ``expected`` and writes no run directory."""
+    message = fails(["train", config, *overrides, "--run-dir", tmp_path / "run"], capsys)
+    assert expected in message
+    assert not (tmp_path / "run").exists(), "the run directory was written before the config was checked"

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 from cli_support import assert_png as _assert_png
+from cli_support import assert_train_refused_before_writing
 from cli_support import fails as _fails
 from cli_support import read_jsonl as _read_jsonl
 
@@ -394,9 +395,7 @@ def test_shipped_gan_configs_load_and_pass_the_run_checks(path, data, net, pack)
     ],
 )
 def test_bad_gan_settings_are_one_clear_line(config, overrides, expected, tmp_path, capsys):
-    message = _fails(["train", config, *overrides, "--run-dir", tmp_path / "run"], capsys)
-    assert expected in message
-    assert not (tmp_path / "run").exists(), "the run directory was written before the config was checked"
+    assert_train_refused_before_writing(config, overrides, expected, tmp_path, capsys)
 
 
 def test_vae_only_commands_refuse_a_gan_run(gan_run, tmp_path, capsys):
