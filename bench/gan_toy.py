@@ -67,7 +67,10 @@ def run_one(dataset: str, loss: str, pack: int, seed: int, args) -> dict:
     critic = gan_critic((2,), hidden=args.hidden, pack=pack, spectral_norm=args.spectral_norm)
     objective = Adversarial(critic, loss, n_critic=n_critic, lr_critic=lr, lr_generator=lr, ema_decay=args.ema_decay)
     t0 = time.perf_counter()
-    history = Trainer(generator, None, objective, batch_size=args.batch_size, epochs=epochs, seed=seed, progress=False).fit(batches)
+    trainer = Trainer(
+        generator, None, objective, batch_size=args.batch_size, epochs=epochs, seed=seed, progress=False, lr_schedule=args.lr_schedule
+    )
+    history = trainer.fit(batches)
     seconds = time.perf_counter() - t0
 
     sampler = objective.ema if objective.ema is not None else generator
@@ -136,6 +139,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=None, help="both players' Adam learning rate; default: 1e-4 for wgan_gp, else 1e-3")
     p.add_argument("--ema-decay", type=float, default=None, help="sample from a moving average of the generator's weights")
     p.add_argument("--spectral-norm", action="store_true")
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "linear"), help="linear: both rates fall to 0 over the run")
     p.add_argument("--min-count", type=int, default=1, help="high-quality samples a mode needs to count as covered")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="write per-run records as JSON lines here")
@@ -160,6 +164,7 @@ def main(argv=None):
         f"\nNetworks: generator {args.latent_dim}-{'-'.join(map(str, args.hidden))}-2, critic 2·pack-{'-'.join(map(str, args.hidden))}-1; "
         f"batch {args.batch_size}; train split {args.train_size} points; a mode counts from {args.min_count} high-quality sample(s)"
         + (f"; EMA {args.ema_decay}" if args.ema_decay else "")
+        + (f"; learning rates {args.lr_schedule} to 0" if args.lr_schedule != "constant" else "")
         + ("; spectral norm" if args.spectral_norm else "")
     )
 

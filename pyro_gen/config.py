@@ -109,6 +109,8 @@ class TrainConfig:
     ``method: nuts`` (``model.kind: gmm`` only) samples the posterior with NUTS instead:
     ``num_samples`` draws per chain after ``warmup`` steps, ``chains`` chains (sequential when
     the machine has fewer free CPUs), ``jit`` compiles the potential energy.
+    ``lr_schedule``: ``constant`` or ``linear`` (every learning rate, both GAN players' included,
+    falls linearly to zero over the run; see :class:`~pyro_gen.infer.trainer.Trainer`).
     """
 
     method: str = "svi"
@@ -119,6 +121,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     clip_norm: float | None = None
+    lr_schedule: str = "constant"
     progress: bool = True
     num_samples: int = 1000
     warmup: int = 1000

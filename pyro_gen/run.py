@@ -59,6 +59,12 @@ def check_config(config: RunConfig) -> None:
         raise ConfigError(
             f"unknown train.method {t.method!r}; choose 'svi' (gradient steps on the objective) or 'nuts' (MCMC, model.kind: gmm)"
         )
+    from pyro_gen.infer.trainer import LR_SCHEDULES
+
+    if t.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(
+            f"unknown train.lr_schedule {t.lr_schedule!r}; choose 'constant' or 'linear' (every rate falls linearly to 0 over the run)"
+        )
     if t.method == "nuts" and m.kind != "gmm":
         what = "a GAN's generator and critic are" if m.kind == "gan" else "a VAE's networks are"
         raise ConfigError(
@@ -230,6 +236,7 @@ def _trainer(config: RunConfig, model, guide, objective, run_dir: Path, patience
     return Trainer(
         model, guide, objective, lr=t.lr, batch_size=t.batch_size, epochs=t.epochs, device=t.device, seed=t.seed,
         run_dir=run_dir, patience=patience, progress=t.progress, clip_norm=t.clip_norm,
+        lr_schedule=t.lr_schedule,
     )  # fmt: skip
 
 
@@ -880,6 +887,8 @@ def gan_interpolation(generator, rows: int = 8, steps: int = 10, seed: int = 0) 
 
 # image shapes with a trained domain feature space (pyro_gen.evaluation.features): 28x28 and 8x8 digits
 DOMAIN_FEATURE_SPACES = {(1, 28, 28): "mnist28", (1, 8, 8): "digits8"}
+# datasets whose images the domain extractors held out of their training (the real set of the scores)
+HELD_OUT_DATASETS = {"mnist28": ("binarized_mnist", "mnist"), "digits8": ("digits",)}
 
 
 def sample_feature_space(data_shape, data_dir=None):
@@ -948,8 +957,8 @@ def _evaluate_gan(run_dir: Path, config: RunConfig, device, figures: bool | None
 
     run = load_gan_run(run_dir, device or config.train.device)
     config, test, seed = run.config, run.splits["test"], config.train.seed
-    real = fixed_test_data(test, config.data.seed)
     if config.data.name in TOY_DATASETS:
+        real = fixed_test_data(test, config.data.seed)
         samples = draw_samples(run.sampler, NUM_SAMPLES, seed)
         coverage = toy_mode_coverage(samples, config.data.name, num_std=TOY_NUM_STD, min_count=TOY_MIN_COUNT)
         scores = {**coverage.as_dict(), "reverse_kl": _finite(coverage.reverse_kl), "mode_counts": coverage.counts.tolist()}
@@ -964,13 +973,7 @@ def _evaluate_gan(run_dir: Path, config: RunConfig, device, figures: bool | None
             ),
         }
     else:
-        num = min(QUALITY_SAMPLES, len(real))
-        if num < len(real):
-            # as many real points as samples: the k-NN radii of precision / recall depend on a set's size
-            order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
-            real = real[order[:num].sort().values]
-        samples = draw_samples(run.sampler, num, seed)
-        scores, quality = _sample_quality(samples, real, sample_feature_space(run.generator.data_shape, config.data.data_dir), seed)
+        scores, quality, samples, real = _image_quality(run, config, seed)
     training = _read_json(run_dir / TRAINING_FILE)
     m, o = config.model, config.objective
     parameters = {"generator": count_parameters(run.generator), "critic": count_parameters(run.objective.critic)}
@@ -1004,6 +1007,72 @@ def _evaluate_gan(run_dir: Path, config: RunConfig, device, figures: bool | None
     if figures if figures is not None else config.eval.images:
         _gan_figures(run, samples, real, run_dir, seed)
     return metrics
+
+
+def _seeded_subset(x: torch.Tensor, num: int, seed: int) -> torch.Tensor:
+    """``num`` rows of ``x`` chosen at random with ``seed``, in their original order (all of ``x`` when it has no more)."""
+    if num >= len(x):
+        return x
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return x[order[:num].sort().values]
+
+
+def quality_reference_images(config: RunConfig, splits: dict, space) -> tuple[torch.Tensor, str]:
+    """The real images a GAN's samples are compared with, and their description.
+
+    Digit data scored in the library's domain features use the images its extractor was *not*
+    trained on (:func:`~pyro_gen.evaluation.features.held_out_images`): the extractor was trained on
+    most of MNIST's test images, whose features it would flatter. Other data use the test split.
+    Dynamically binarized data are binarized once, with ``data.seed``.
+    """
+    from pyro_gen.evaluation.features import held_out_images
+
+    test, name = splits["test"], config.data.name
+    domain = space.name.split(":", 1)[1] if space.name.startswith("domain:") else None
+    if domain is not None and name in HELD_OUT_DATASETS.get(domain, ()):
+        held = held_out_images(domain, dataset=name, data_dir=config.data.data_dir)
+        images = test.transform_batch(held.x, generator=torch.Generator().manual_seed(config.data.seed))
+        return images, f"{len(held.x)} {name} {held.split} images held out of the {domain} extractor's training"
+    return fixed_test_data(test, config.data.seed), f"the {name} test split"
+
+
+def _image_quality(run: GANRun, config: RunConfig, seed: int) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """Frechet distance, KID and precision / recall of a GAN's samples, with two references measured the same way.
+
+    * ``untrained_generator``: the same architecture at its initial weights (the training seed), the
+      ceiling a trained generator must come well under;
+    * ``train_split``: as many training images as samples, the floor (real against real).
+
+    Returns ``(scores, protocol, samples, real)``.
+    """
+    space = sample_feature_space(run.generator.data_shape, config.data.data_dir)
+    real, real_name = quality_reference_images(config, run.splits, space)
+    num = min(QUALITY_SAMPLES, len(real))
+    # as many real points as samples: the k-NN radii of precision / recall depend on a set's size
+    real = _seeded_subset(real, num, seed)
+    samples = draw_samples(run.sampler, num, seed)
+    scores, quality = _sample_quality(samples, real, space, seed)
+    quality["real_set"] = real_name
+
+    device = next(run.generator.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        pyro.set_rng_seed(config.train.seed)  # the initial weights of the training run
+        untrained, _ = build_gan(config, run.splits["train"])
+    untrained.to(device).eval()
+    train = run.splits["train"]
+    rows = _seeded_subset(torch.arange(len(train.x)), num, seed + 1)
+    train_images = train.transform_batch(train.x[rows], generator=torch.Generator().manual_seed(config.data.seed))
+    keys = ("frechet_distance", "kid", "kid_std", "precision", "recall")
+    references = {
+        "untrained_generator": _sample_quality(draw_samples(untrained, num, seed), real, space, seed)[0],
+        "train_split": _sample_quality(train_images, real, space, seed)[0],
+    }
+    scores["references"] = {name: {k: ref[k] for k in keys} for name, ref in references.items()}
+    quality["references"] = {
+        "untrained_generator": f"{num} samples of the generator at its initial weights (seed {config.train.seed})",
+        "train_split": f"{num} random images of the training split (seed {seed + 1}): real against real, the floor",
+    }
+    return scores, quality, samples, real
 
 
 def _gan_figures(run: GANRun, samples: torch.Tensor, real: torch.Tensor, run_dir: Path, seed: int) -> list[Path]:

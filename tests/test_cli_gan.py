@@ -259,33 +259,59 @@ def test_load_run_of_a_gan_gives_the_sampling_generator_and_no_guide(gan_run):
 def test_dcgan_run_scores_samples_in_a_recorded_feature_space(dcgan_run):
     m = json.loads((dcgan_run / "metrics.json").read_text())
     assert {"frechet_distance", "kid", "kid_std", "precision", "recall", "feature_space", "num_samples"} <= set(m)
-    assert m["feature_space"] == "domain:digits8" and m["num_samples"] == 100  # at most the test split's size
+    # the real set is the 400 digits the digits8 extractor held out of its training, as many samples
+    assert m["feature_space"] == "domain:digits8" and m["num_samples"] == 400
     assert m["frechet_distance"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
     q = m["protocol"]["sample_quality"]
     assert q["feature_space"].startswith("domain:digits8: ")  # the library's trained digit-classifier features
-    assert q["samples"] == 100 and q["real"] == 100
+    assert q["samples"] == 400 and q["real"] == 400
+    assert q["real_set"] == "400 digits valid+test images held out of the digits8 extractor's training"
     assert m["sampler"] == "the moving average of the generator's weights (objective.ema_decay 0.999)"
     assert m["model"] == "gan: dcgan generator (latent 4) and critic, spectral norm"
 
 
 def test_dcgan_frechet_distance_is_the_librarys_on_the_same_samples(dcgan_run):
-    from pyro_gen.evaluation import frechet_distance, precision_recall
-    from pyro_gen.run import draw_samples, fixed_test_data, load_gan_run
+    from pyro_gen.evaluation import frechet_distance, held_out_images, precision_recall
+    from pyro_gen.run import draw_samples, load_gan_run
 
     m = json.loads((dcgan_run / "metrics.json").read_text())
     run = load_gan_run(dcgan_run)
-    samples = draw_samples(run.sampler, 100, seed=0)
-    real = fixed_test_data(run.splits["test"], 0)
+    samples = draw_samples(run.sampler, 400, seed=0)
+    real = held_out_images("digits8").x
     # the same samples scored by the library's functions in the same (cached digits8) feature space
     assert m["frechet_distance"] == pytest.approx(frechet_distance(real, samples, space="digits8"), rel=1e-6)
     assert (m["precision"], m["recall"]) == pytest.approx(precision_recall(real, samples, k=3, space="digits8"))
+
+
+def test_dcgan_scores_come_with_an_untrained_generator_and_the_training_split_as_references(dcgan_run):
+    from pyro_gen.config import load_config
+    from pyro_gen.evaluation import frechet_distance, held_out_images
+    from pyro_gen.run import build_gan, draw_samples, load_gan_run
+
+    m = json.loads((dcgan_run / "metrics.json").read_text())
+    refs = m["references"]
+    assert set(refs) == {"untrained_generator", "train_split"}
+    # real against real is the floor; a generator at its initial weights is far above it
+    assert 0 < refs["train_split"]["frechet_distance"] < refs["untrained_generator"]["frechet_distance"]
+    assert refs["train_split"]["frechet_distance"] < 0.5 * refs["untrained_generator"]["frechet_distance"]
+    # the untrained reference is the training run's starting point, rebuilt here by hand
+    run = load_gan_run(dcgan_run)
+    config = load_config(dcgan_run / "config.yaml")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        untrained, _ = build_gan(config, run.splits["train"])
+    untrained.eval()
+    real = held_out_images("digits8").x
+    expected = frechet_distance(real, draw_samples(untrained, 400, seed=0), space="digits8")
+    assert refs["untrained_generator"]["frechet_distance"] == pytest.approx(expected, rel=1e-6)
+    assert "initial weights" in m["protocol"]["sample_quality"]["references"]["untrained_generator"]
 
 
 def test_a_larger_test_split_is_subsampled_to_as_many_points_as_samples(dcgan_run, tmp_path, monkeypatch):
     import pyro_gen.run
 
     run_dir = _copy_run(dcgan_run, tmp_path)
-    monkeypatch.setattr(pyro_gen.run, "QUALITY_SAMPLES", 40)  # fewer than the 100 test images
+    monkeypatch.setattr(pyro_gen.run, "QUALITY_SAMPLES", 40)  # fewer than the 400 held-out images
     assert _run(["evaluate", run_dir, "--no-figures"])[0] == 0
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["num_samples"] == 40 and m["protocol"]["sample_quality"]["real"] == 40

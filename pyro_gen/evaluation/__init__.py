@@ -3,6 +3,7 @@
 from pyro_gen.evaluation.features import (
     FeatureSpace,
     FeatureWeightsNotFoundError,
+    domain_classifier,
     domain_features,
     extract_features,
     feature_space,
@@ -28,6 +29,7 @@ __all__ = [
     "LikelihoodResult",
     "ModeCoverage",
     "QualityScores",
+    "domain_classifier",
     "domain_features",
     "evaluate",
     "extract_features",

@@ -693,6 +693,34 @@ def domain_features(
     return space.to(device)
 
 
+def domain_classifier(name: str = "mnist28", data_dir=None, cache_dir=None, device="cpu") -> nn.Module:
+    """The frozen digit classifier behind the domain feature space ``name``: images to class logits.
+
+    The same cached network as :func:`domain_features` (trained on first use), with its last layer:
+    use it to label generated samples, e.g. for
+    :func:`~pyro_gen.analysis.latent_arithmetic.latent_arithmetic`. Inputs are images in ``[0, 1]`` of
+    the space's shape, as for the feature space.
+    """
+    space = domain_features(name, data_dir=data_dir, cache_dir=cache_dir, device=device)
+    return _Logits(space)
+
+
+class _Logits(nn.Module):
+    """Class logits through a domain :class:`FeatureSpace`'s checks (shape, value range) and its classifier's head."""
+
+    def __init__(self, space: FeatureSpace):
+        super().__init__()
+        self.space = space
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> _Logits:
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.space.extractor.classifier.head(self.space(x))
+
+
 # -- Inception-v3 -----------------------------------------------------------------------------------
 class _InceptionPool3(nn.Module):
     """Inception-v3 up to its 2048-d global average pool, on images in ``[0, 1]`` of any size."""

@@ -524,3 +524,82 @@ def test_a_normal_guide_keeps_one_parameter_group():
     trainer = make_trainer(model, guide, epochs=1)
     trainer.fit(binary_data(16))
     assert len(trainer.optimizer.param_groups) == 1
+
+
+# -- learning-rate schedule -------------------------------------------------------------------
+class RecordRates(TraceObjective):
+    """A single-sample ELBO that records the optimizer's rates at every step (the trainer sets them before the step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trainer, self.rates = None, []
+
+    def loss(self, model_trace, guide_trace):
+        self.rates.append([g["lr"] for g in self.trainer.optimizer.param_groups])
+        return guide_trace.log_prob_sum() - model_trace.log_prob_sum()
+
+
+def test_linear_schedule_sets_lr_times_one_minus_the_batch_fraction():
+    model, guide = make_pair()
+    recorder = RecordRates()
+    trainer = make_trainer(model, guide, recorder, lr=0.02, epochs=3, lr_schedule="linear")
+    recorder.trainer = trainer
+    trainer.fit(binary_data(32))  # 4 batches of 8 per epoch: 12 steps
+    expected = [0.02 * (1 - b / 12) for b in range(12)]
+    assert [r[0] for r in recorder.rates] == pytest.approx(expected, rel=1e-12)
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == 0.02
+
+
+def test_constant_schedule_keeps_the_rate():
+    model, guide = make_pair()
+    recorder = RecordRates()
+    trainer = make_trainer(model, guide, recorder, lr=0.02, epochs=2)
+    recorder.trainer = trainer
+    trainer.fit(binary_data(16))
+    assert all(r == [0.02] for r in recorder.rates) and len(recorder.rates) == 4
+
+
+def test_linear_schedule_scales_each_group_and_both_gan_players():
+    from pyro_gen import Adversarial, gan, gan_critic
+
+    torch.manual_seed(0)
+    generator, critic = gan((2,), latent_dim=2, hidden=(8,)), gan_critic((2,), hidden=(8,))
+    objective = Adversarial(critic, "non_saturating", lr_critic=1e-3, lr_generator=4e-3)
+    trainer = Trainer(generator, None, objective, batch_size=8, epochs=2, progress=False, lr_schedule="linear")
+    trainer.fit(torch.randn(32, 2))  # 8 batches; the last has factor 1 - 7/8
+    assert trainer.optimizers["critic"].param_groups[0]["lr"] == pytest.approx(1e-3 / 8)
+    assert trainer.optimizers["generator"].param_groups[0]["lr"] == pytest.approx(4e-3 / 8)
+
+
+def test_resume_continues_the_linear_schedule_bit_for_bit(tmp_path):
+    x = binary_data(32)
+    model, guide = make_pair()
+    full = make_trainer(model, guide, epochs=4, run_dir=tmp_path / "a", lr_schedule="linear").fit(x)
+
+    calls = {"n": 0}
+
+    def crash_in_epoch_3(batch, generator):
+        calls["n"] += 1
+        if calls["n"] > 9:  # one call to initialize the networks, then 4 batches per epoch: epoch 3 starts
+            raise KeyboardInterrupt
+        return batch
+
+    model_b, guide_b = make_pair()
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(model_b, guide_b, epochs=4, run_dir=tmp_path / "b", lr_schedule="linear").fit(
+            TensorBatches(x, batch_size=8, seed=0, transform=crash_in_epoch_3)
+        )
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2
+    model_r, guide_r = make_pair(init_seed=99)
+    resumed = make_trainer(model_r, guide_r, epochs=4, run_dir=tmp_path / "b", lr_schedule="linear").fit(x, resume=True)
+    assert_same_state(state(model, guide), state(model_r, guide_r))
+    assert without_seconds(full) == without_seconds(resumed)
+
+
+def test_unknown_schedule_and_unsized_data_are_clear_errors():
+    model, guide = make_pair()
+    with pytest.raises(ConfigError, match="unknown lr_schedule 'cosine'; choose one of 'constant', 'linear'"):
+        make_trainer(model, guide, lr_schedule="cosine")
+    batches = (b for b in binary_data(16).split(8))  # a generator: no len()
+    with pytest.raises(ConfigError, match="needs to know the run's length"):
+        make_trainer(model, guide, lr_schedule="linear").fit(batches)
