@@ -1003,10 +1003,40 @@ def _evaluate_gan(run_dir: Path, config: RunConfig, device, figures: bool | None
             "seed": seed,
         },
     }
+    draw = figures if figures is not None else config.eval.images
+    arithmetic = _latent_arithmetic(run, seed)
+    if arithmetic is not None:
+        metrics["latent_arithmetic"] = {
+            **arithmetic.as_dict(),
+            "protocol": (
+                "class vectors v_c = mean code of the samples the domain classifier labels c; each source code z moves to "
+                "z - v_(its class) + v_c; target_accuracy: share of moved samples the classifier labels c"
+            ),
+        }
     _write_json(run_dir / METRICS_FILE, metrics)
-    if figures if figures is not None else config.eval.images:
-        _gan_figures(run, samples, real, run_dir, seed)
+    if draw:
+        _gan_figures(run, samples, real, run_dir, seed, arithmetic)
     return metrics
+
+
+def _latent_arithmetic(run: GANRun, seed: int):
+    """Class-vector arithmetic (:mod:`pyro_gen.analysis.latent_arithmetic`) for an unconditional GAN on digit images, else ``None``.
+
+    ``None`` too when the generator never produced some digit in the draws (no vector for it): the
+    metric is then missing rather than made up.
+    """
+    from pyro_gen.analysis.latent_arithmetic import latent_arithmetic
+    from pyro_gen.evaluation.features import domain_classifier
+
+    domain = DOMAIN_FEATURE_SPACES.get(tuple(run.generator.data_shape))
+    if domain is None or run.generator.num_classes is not None:
+        return None
+    device = next(run.sampler.parameters()).device
+    classifier = domain_classifier(domain, data_dir=run.config.data.data_dir, device=device)
+    try:
+        return latent_arithmetic(run.sampler, classifier, rows=8, num_samples=QUALITY_SAMPLES, seed=seed)
+    except ConfigError:
+        return None
 
 
 def _seeded_subset(x: torch.Tensor, num: int, seed: int) -> torch.Tensor:
@@ -1075,15 +1105,40 @@ def _image_quality(run: GANRun, config: RunConfig, seed: int) -> tuple[dict, dic
     return scores, quality, samples, real
 
 
-def _gan_figures(run: GANRun, samples: torch.Tensor, real: torch.Tensor, run_dir: Path, seed: int) -> list[Path]:
-    """``samples.png`` (a scatter over the test data, or a grid of 64 images) and, for images, ``interpolation.png``."""
+def _gan_figures(run: GANRun, samples: torch.Tensor, real: torch.Tensor, run_dir: Path, seed: int, arithmetic=None) -> list[Path]:
+    """The figures of a GAN run.
+
+    ``samples.png``: a scatter over the test data (vector data) or a grid of 64 images; for images
+    also ``interpolation.png`` (8 rows of 10 codes on a line in ``z``), ``arithmetic.png`` (the
+    :func:`_latent_arithmetic` result: a source sample, then it moved to each class) and, for a
+    conditional generator, ``classes.png`` (one code per row, one class per column).
+    """
     from pyro_gen.analysis import save_image_grid
 
     if len(run.generator.data_shape) == 1:
         return [_scatter_samples(samples, real, run.config.data.name, run_dir / "samples.png")]
     paths = [save_image_grid(samples[:64], run_dir / "samples.png", nrow=8)]
     paths.append(save_image_grid(gan_interpolation(run.sampler, seed=seed), run_dir / "interpolation.png", nrow=8))
+    if arithmetic is not None:
+        rows = torch.cat([arithmetic.sources[:, None], arithmetic.images], dim=1)  # (rows, 1 + classes, ...)
+        paths.append(save_image_grid(rows.flatten(0, 1), run_dir / "arithmetic.png", nrow=rows.shape[0]))
+    if run.generator.num_classes is not None:
+        paths.append(save_image_grid(class_grid(run.sampler, rows=8, seed=seed), run_dir / "classes.png", nrow=8))
     return paths
+
+
+@torch.no_grad()
+def class_grid(generator, rows: int = 8, seed: int = 0) -> torch.Tensor:
+    """``rows * num_classes`` samples of a conditional generator: row ``r`` holds one code ``z`` (set
+    with ``poutine.condition``) drawn with every class label in turn."""
+    device = next(generator.parameters()).device
+    k = generator.num_classes
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        codes = generator.prior().sample((rows,))
+    codes = codes.repeat_interleave(k, dim=0)
+    labels = torch.arange(k, device=device).repeat(rows)
+    return pyro.poutine.condition(generator, data={generator.latent_name: codes})(batch_size=rows * k, y=labels).cpu()
 
 
 def _scatter_samples(samples: torch.Tensor, real: torch.Tensor, name: str, path: Path) -> Path:

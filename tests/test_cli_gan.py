@@ -329,6 +329,47 @@ def test_dcgan_figures_are_a_sample_grid_and_a_latent_interpolation(dcgan_run):
     _assert_png(dcgan_run / "interpolation.png", min_side=8 * 32)
 
 
+def test_dcgan_latent_arithmetic_is_the_librarys_and_is_drawn(dcgan_run):
+    from pyro_gen.analysis.latent_arithmetic import latent_arithmetic
+    from pyro_gen.errors import ConfigError
+    from pyro_gen.evaluation import domain_classifier
+    from pyro_gen.run import load_gan_run
+
+    m = json.loads((dcgan_run / "metrics.json").read_text())
+    run = load_gan_run(dcgan_run)
+    try:
+        expected = latent_arithmetic(run.sampler, domain_classifier("digits8"), rows=8, num_samples=2000, seed=0)
+    except ConfigError:  # a barely trained generator may never draw some digit: then no metric and no figure
+        assert "latent_arithmetic" not in m and not (dcgan_run / "arithmetic.png").exists()
+        return
+    got = m["latent_arithmetic"]
+    assert got["target_accuracy"] == pytest.approx(expected.target_accuracy) and got["chance"] == 0.1
+    assert got["class_counts"] == expected.class_counts.tolist() and sum(got["class_counts"]) == 2000
+    # 8 rows: the source sample, then it moved to each of the 10 classes (8x8 digits drawn at 32x32)
+    _assert_png(dcgan_run / "arithmetic.png", min_side=8 * 32)
+
+
+def test_conditional_dcgan_draws_one_code_per_row_and_one_class_per_column(tmp_path):
+    import matplotlib.image
+
+    from pyro_gen.run import class_grid, load_gan_run
+
+    run_dir = tmp_path / "cond"
+    assert _run(["train", DCGAN_MNIST, *TINY_DCGAN, "model.conditional=true", "--run-dir", run_dir])[0] == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert "latent_arithmetic" not in m  # the class is an input of a conditional generator, not a direction in z
+    height, width = matplotlib.image.imread(run_dir / "classes.png").shape[:2]  # 8 rows x 10 columns of 32-pixel cells
+    assert width > height >= 8 * 32
+    generator = load_gan_run(run_dir).sampler
+    grid = class_grid(generator, rows=3, seed=5).reshape(3, 10, 1, 8, 8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        codes = generator.prior().sample((3,))
+    with torch.no_grad():
+        for c in (0, 4, 9):
+            torch.testing.assert_close(grid[:, c], generator.generate(codes, torch.full((3,), c)))
+
+
 def test_interpolation_conditions_the_generators_z_site(dcgan_run):
     from pyro_gen.run import gan_interpolation, load_gan_run
 
