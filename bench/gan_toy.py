@@ -55,6 +55,7 @@ def run_one(dataset: str, loss: str, pack: int, seed: int, args) -> dict:
     from pyro_gen.data.toy import load
     from pyro_gen.evaluation.sample_quality import NUM_SAMPLES, toy_mode_coverage
     from pyro_gen.infer.trainer import TensorBatches
+    from pyro_gen.models.gan import latent_prior
 
     n_critic = args.n_critic or DEFAULTS[loss]["n_critic"]
     lr = args.lr or DEFAULTS[loss]["lr"]
@@ -63,7 +64,7 @@ def run_one(dataset: str, loss: str, pack: int, seed: int, args) -> dict:
     epochs = max(1, math.ceil(args.steps * n_critic / len(batches)))
 
     torch.manual_seed(seed)  # the networks' initialization
-    generator = gan((2,), latent_dim=args.latent_dim, hidden=args.hidden)
+    generator = gan((2,), latent_dim=args.latent_dim, hidden=args.hidden, prior=latent_prior(args.prior, args.latent_dim))
     critic = gan_critic((2,), hidden=args.hidden, pack=pack, spectral_norm=args.spectral_norm)
     objective = Adversarial(critic, loss, n_critic=n_critic, lr_critic=lr, lr_generator=lr, ema_decay=args.ema_decay)
     t0 = time.perf_counter()
@@ -129,11 +130,13 @@ def main(argv=None):
     p.add_argument("--datasets", default="ring8,grid25")
     p.add_argument("--losses", default="minimax,non_saturating,wgan_gp")
     p.add_argument("--pack", default="1", help="comma-separated pack sizes (PacGAN); 1 = no packing")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per configuration")
+    p.add_argument("--seeds", type=int, default=3, help="seeds first..first+N-1 per configuration")
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=10000, help="generator steps (rounded up to whole epochs)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--train-size", type=int, default=100000)
     p.add_argument("--latent-dim", type=int, default=2)
+    p.add_argument("--prior", default="normal", choices=("normal", "uniform"), help="the distribution of z")
     p.add_argument("--hidden", default="128,128")
     p.add_argument("--n-critic", type=int, default=None, help="default: 5 for wgan_gp, else 1")
     p.add_argument("--lr", type=float, default=None, help="both players' Adam learning rate; default: 1e-4 for wgan_gp, else 1e-3")
@@ -151,7 +154,7 @@ def main(argv=None):
     for dataset in args.datasets.split(","):
         for loss in args.losses.split(","):
             for pack in (int(m) for m in args.pack.split(",")):
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     r = run_one(dataset, loss, pack, seed, args)
                     records.append(r)
                     print(json.dumps(r), file=sys.stderr, flush=True)
@@ -161,7 +164,7 @@ def main(argv=None):
     print(common.header("GAN mode coverage on 2-D mixtures (VEEGAN protocol, 2500 samples)"))
     print(table(records))
     print(
-        f"\nNetworks: generator {args.latent_dim}-{'-'.join(map(str, args.hidden))}-2, critic 2·pack-{'-'.join(map(str, args.hidden))}-1; "
+        f"\nz ~ {args.prior}; networks: generator {args.latent_dim}-{'-'.join(map(str, args.hidden))}-2, critic 2·pack-{'-'.join(map(str, args.hidden))}-1; "
         f"batch {args.batch_size}; train split {args.train_size} points; a mode counts from {args.min_count} high-quality sample(s)"
         + (f"; EMA {args.ema_decay}" if args.ema_decay else "")
         + (f"; learning rates {args.lr_schedule} to 0" if args.lr_schedule != "constant" else "")

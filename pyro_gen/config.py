@@ -40,7 +40,8 @@ class ModelConfig:
       mlp`` (vectors; generator ``hidden`` sizes, critic ``critic_hidden``, default ``hidden``) or
       ``net: dcgan`` (images; feature-map widths ``channels`` and ``critic_channels``, default by
       image size); ``conditional`` conditions both on the dataset's class labels; the critic can be
-      spectrally normalized (``spectral_norm``) and score ``pack`` samples at once (PacGAN).
+      spectrally normalized (``spectral_norm``) and score ``pack`` samples at once (PacGAN);
+      ``prior`` is the distribution of ``z``: ``normal`` or ``uniform`` (on ``[-1, 1]``).
     """
 
     kind: str = "vae"
@@ -57,6 +58,7 @@ class ModelConfig:
     conditional: bool = False
     spectral_norm: bool = False
     pack: int = 1
+    prior: str = "normal"
 
 
 @dataclass

@@ -592,7 +592,7 @@ def sample_run(run_dir, num: int | None = None, out=None, seed: int = 0) -> list
 # -- GANs -----------------------------------------------------------------------------------------
 GAN_NETS = ("mlp", "dcgan")
 #: Options of ``model.kind: gan`` only (refused in other runs, where they would do nothing).
-GAN_MODEL_KEYS = ("critic_hidden", "channels", "critic_channels", "conditional", "spectral_norm", "pack")
+GAN_MODEL_KEYS = ("critic_hidden", "channels", "critic_channels", "conditional", "spectral_norm", "pack", "prior")
 GAN_OBJECTIVE_KEYS = ("n_critic", "lr_generator", "lr_critic", "betas", "gp_weight", "ema_decay")
 #: 2-D mixtures with known modes: a GAN on them is scored by mode coverage.
 TOY_DATASETS = ("ring8", "grid25")
@@ -612,6 +612,7 @@ SAMPLE_CHUNK = 500  # samples drawn per generator call, to bound the memory of i
 def _check_gan_config(config: RunConfig) -> None:
     """Refuse GAN settings that cannot work or would be ignored (checks that need the data: :func:`check_gan_data`)."""
     from pyro_gen.infer.adversarial import LOSSES
+    from pyro_gen.models.gan import PRIORS
 
     m, o, t = config.model, config.objective, config.train
     if o.name not in LOSSES:
@@ -628,6 +629,8 @@ def _check_gan_config(config: RunConfig) -> None:
             _check_widths(f"model.{key}", getattr(m, key), allow_empty)
     if m.pack < 1:
         raise ConfigError(f"model.pack must be at least 1 (1: no packing), got {m.pack}")
+    if m.prior not in PRIORS:
+        raise ConfigError(f"unknown model.prior {m.prior!r}; choose 'normal' (standard Normal z) or 'uniform' (z uniform on [-1, 1])")
     if m.conditional and m.pack > 1:
         raise ConfigError(
             "model.pack > 1 packs several samples into one critic input, which would mix classes: a conditional GAN "
@@ -732,12 +735,14 @@ def build_gan(config: RunConfig, train_data):
     A conditional GAN has one class per label of the training split (``max label + 1``).
     """
     from pyro_gen.infer.adversarial import Adversarial
-    from pyro_gen.models.gan import gan, gan_critic
+    from pyro_gen.models.gan import gan, gan_critic, latent_prior
 
     m, o = config.model, config.objective
     shape = tuple(train_data.event_shape)
     num_classes = int(train_data.y.max()) + 1 if m.conditional else None
-    generator = gan(shape, m.latent_dim, m.hidden, m.net, num_classes=num_classes, channels=m.channels)
+    generator = gan(
+        shape, m.latent_dim, m.hidden, m.net, num_classes=num_classes, channels=m.channels, prior=latent_prior(m.prior, m.latent_dim)
+    )
     critic_hidden = m.critic_hidden if m.critic_hidden is not None else m.hidden
     critic = gan_critic(
         shape, critic_hidden, m.net, num_classes=num_classes, channels=m.critic_channels, pack=m.pack, spectral_norm=m.spectral_norm

@@ -404,6 +404,17 @@ def test_conditional_gan_trains_on_the_datasets_labels(tmp_path):
     assert "conditional on 8 classes" in m["model"] and m["num_samples"] == 2500
 
 
+def test_a_uniform_prior_draws_codes_in_the_unit_square(tmp_path):
+    from pyro_gen.run import load_gan_run
+
+    run_dir = tmp_path / "uniform"
+    assert _train_tiny(run_dir, 1, "model.prior=uniform", "eval.images=false")[0] == 0
+    generator = load_gan_run(run_dir).generator
+    z = generator.prior().sample((2000,))
+    assert z.shape == (2000, 2) and z.min() >= -1 and z.max() <= 1
+    assert z.mean(0).abs().max() < 0.05 and (z.var(0) - 1 / 3).abs().max() < 0.03  # Uniform(-1, 1): variance 1/3
+
+
 # -- the shipped configs ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "path, data, net, pack", [(RING8, "ring8", "mlp", 1), (GRID25, "grid25", "mlp", 4), (DCGAN_MNIST, "binarized_mnist", "dcgan", 1)]
@@ -459,6 +470,9 @@ def test_shipped_gan_configs_load_and_pass_the_run_checks(path, data, net, pack)
         (RING8, ["train.method=nuts"], "a GAN's generator and critic are fitted with train.method: svi"),
         (QUICKSTART, ["model.pack=4"], "model.pack is an option of a GAN (model.kind: gan)"),
         (QUICKSTART, ["objective.n_critic=5"], "objective.n_critic is an option of a GAN"),
+        (RING8, ["model.prior=cauchy"], "unknown model.prior 'cauchy'; choose 'normal' (standard Normal z) or 'uniform'"),
+        (QUICKSTART, ["model.prior=uniform"], "model.prior is an option of a GAN"),
+        (QUICKSTART, ["train.lr_schedule=cosine"], "unknown train.lr_schedule 'cosine'; choose 'constant' or 'linear'"),
     ],
 )
 def test_bad_gan_settings_are_one_clear_line(config, overrides, expected, tmp_path, capsys):

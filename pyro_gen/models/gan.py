@@ -151,6 +151,21 @@ class GANGenerator(nn.Module):
         return out
 
 
+#: Priors of ``z`` by name, for configs (``model.prior``); in Python any distribution can be passed.
+PRIORS = ("normal", "uniform")
+
+
+def latent_prior(name: str, latent_dim: int) -> dist.Distribution | None:
+    """The prior of a ``latent_dim`` code by name: ``"normal"`` (``None``: the generator's default
+    standard Normal) or ``"uniform"`` (independent ``Uniform(-1, 1)`` coordinates, as in Radford et
+    al. 2016; on grid25 it covers more modes than a Normal, BENCHMARKS.md section 7)."""
+    if name == "normal":
+        return None
+    if name == "uniform":
+        return dist.Uniform(-torch.ones(latent_dim), torch.ones(latent_dim)).to_event(1)
+    raise ConfigError(f"unknown prior {name!r}; choose one of {', '.join(map(repr, PRIORS))} (or pass a distribution in Python)")
+
+
 def gan(
     data_shape: Sequence[int],
     latent_dim: int = 2,
