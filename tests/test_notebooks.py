@@ -3,7 +3,7 @@
 The code cells of each notebook run in order in one namespace (as a kernel would run them),
 with matplotlib on the non-interactive Agg backend and the working directory set to a
 temporary folder. Environment variables shrink the notebooks' parameters (epochs, importance
-samples, NUTS draws) so the whole file runs in seconds. A failing cell fails the test with its index.
+samples, NUTS draws, GAN steps) so the whole file runs in seconds. A failing cell fails the test with its index.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ SMALL_SETTINGS = {
     "PYRO_GEN_NB_GMM_POINTS": "60",  # 02: training points of the Bayesian mixture
     "PYRO_GEN_NB_NUTS_SAMPLES": "10",  # 02: NUTS draws (and warm-up steps) per chain
     "PYRO_GEN_NB_KHAT_SAMPLES": "30",  # 02: importance draws per test image for k-hat (a tail fit needs at least 21)
+    "PYRO_GEN_NB_GAN_STEPS": "78",  # 03: generator steps on ring8 (one epoch of 78 batches)
+    "PYRO_GEN_NB_GAN_GRID_STEPS": "20",  # 03: generator steps on grid25 (the training set shrinks to 20 batches)
+    "PYRO_GEN_NB_GAN_DIGIT_STEPS": "21",  # 03: generator steps of each GAN on 8x8 digits (one epoch of 21 batches)
 }
 
 
