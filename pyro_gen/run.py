@@ -890,24 +890,23 @@ def gan_interpolation(generator, rows: int = 8, steps: int = 10, seed: int = 0) 
     return conditioned(batch_size=rows * steps, y=labels).cpu()
 
 
-# image shapes with a trained domain feature space (pyro_gen.evaluation.features): 28x28 and 8x8 digits
-DOMAIN_FEATURE_SPACES = {(1, 28, 28): "mnist28", (1, 8, 8): "digits8"}
-# datasets whose images the domain extractors held out of their training (the real set of the scores)
-HELD_OUT_DATASETS = {"mnist28": ("binarized_mnist", "mnist"), "digits8": ("digits",)}
+# datasets of digits, and the trained domain feature space (pyro_gen.evaluation.features) each is scored in;
+# chosen by dataset, not by image shape: fashion_mnist has MNIST's shape but is no digit set
+DOMAIN_FEATURE_SPACES = {"binarized_mnist": "mnist28", "mnist": "mnist28", "digits": "digits8"}
 
 
-def sample_feature_space(data_shape, data_dir=None):
+def sample_feature_space(data_name: str, data_dir=None):
     """The feature space of a GAN's Frechet distance, KID and precision / recall: the one place that chooses it.
 
-    Digit images (1x28x28, 1x8x8) are compared in the library's trained, cached digit-classifier
-    features (:func:`pyro_gen.evaluation.features.domain_features`, offline); other data in its own
-    coordinates (flattened pixels for other images, e.g. Frey faces: no labelled set to train an
-    extractor on). The space's name and description go into ``metrics.json``: figures from
-    different spaces are not comparable.
+    Digit datasets (``binarized_mnist``, ``mnist``, ``digits``) are compared in the library's
+    trained, cached digit-classifier features (:func:`pyro_gen.evaluation.features.domain_features`,
+    offline); other data in its own coordinates (flattened pixels for other images, e.g. Frey faces
+    or Fashion-MNIST: no extractor of the library was trained on them). The space's name and
+    description go into ``metrics.json``: figures from different spaces are not comparable.
     """
     from pyro_gen.evaluation.features import feature_space, identity_space
 
-    domain = DOMAIN_FEATURE_SPACES.get(tuple(data_shape))
+    domain = DOMAIN_FEATURE_SPACES.get(data_name)
     return feature_space(domain, data_dir=data_dir) if domain else identity_space()
 
 
@@ -1033,7 +1032,7 @@ def _latent_arithmetic(run: GANRun, seed: int):
     from pyro_gen.analysis.latent_arithmetic import latent_arithmetic
     from pyro_gen.evaluation.features import domain_classifier
 
-    domain = DOMAIN_FEATURE_SPACES.get(tuple(run.generator.data_shape))
+    domain = DOMAIN_FEATURE_SPACES.get(run.config.data.name)
     if domain is None or run.generator.num_classes is not None:
         return None
     device = next(run.sampler.parameters()).device
@@ -1063,8 +1062,8 @@ def quality_reference_images(config: RunConfig, splits: dict, space) -> tuple[to
     from pyro_gen.evaluation.features import held_out_images
 
     test, name = splits["test"], config.data.name
-    domain = space.name.split(":", 1)[1] if space.name.startswith("domain:") else None
-    if domain is not None and name in HELD_OUT_DATASETS.get(domain, ()):
+    domain = DOMAIN_FEATURE_SPACES.get(name)
+    if domain is not None and space.name == f"domain:{domain}":
         held = held_out_images(domain, dataset=name, data_dir=config.data.data_dir)
         images = test.transform_batch(held.x, generator=torch.Generator().manual_seed(config.data.seed))
         return images, f"{len(held.x)} {name} {held.split} images held out of the {domain} extractor's training"
@@ -1080,7 +1079,7 @@ def _image_quality(run: GANRun, config: RunConfig, seed: int) -> tuple[dict, dic
 
     Returns ``(scores, protocol, samples, real)``.
     """
-    space = sample_feature_space(run.generator.data_shape, config.data.data_dir)
+    space = sample_feature_space(config.data.name, config.data.data_dir)
     real, real_name = quality_reference_images(config, run.splits, space)
     num = min(QUALITY_SAMPLES, len(real))
     # as many real points as samples: the k-NN radii of precision / recall depend on a set's size

@@ -329,6 +329,15 @@ def test_dcgan_figures_are_a_sample_grid_and_a_latent_interpolation(dcgan_run):
     _assert_png(dcgan_run / "interpolation.png", min_side=8 * 32)
 
 
+def test_the_feature_space_is_chosen_by_dataset_not_by_image_shape():
+    from pyro_gen.run import sample_feature_space
+
+    assert sample_feature_space("digits").name == "domain:digits8"
+    # Fashion-MNIST and Frey faces are images too, but no digit classifier describes them: raw pixels
+    assert sample_feature_space("fashion_mnist").name == "identity"
+    assert sample_feature_space("frey_faces").name == "identity"
+
+
 def test_dcgan_latent_arithmetic_is_the_librarys_and_is_drawn(dcgan_run):
     from pyro_gen.analysis.latent_arithmetic import latent_arithmetic
     from pyro_gen.errors import ConfigError
