@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_gen.infer.trainer import LR_SCHEDULES
+from pyro_gen.models.gan import PRIORS
+
 try:  # imported as bench.gan_toy
     from . import common
 except ImportError:  # run as a script: python bench/gan_toy.py
@@ -136,13 +139,13 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--train-size", type=int, default=100000)
     p.add_argument("--latent-dim", type=int, default=2)
-    p.add_argument("--prior", default="normal", choices=("normal", "uniform"), help="the distribution of z")
+    p.add_argument("--prior", default="normal", choices=PRIORS, help="the distribution of z")
     p.add_argument("--hidden", default="128,128")
     p.add_argument("--n-critic", type=int, default=None, help="default: 5 for wgan_gp, else 1")
     p.add_argument("--lr", type=float, default=None, help="both players' Adam learning rate; default: 1e-4 for wgan_gp, else 1e-3")
     p.add_argument("--ema-decay", type=float, default=None, help="sample from a moving average of the generator's weights")
     p.add_argument("--spectral-norm", action="store_true")
-    p.add_argument("--lr-schedule", default="constant", choices=("constant", "linear"), help="linear: both rates fall to 0 over the run")
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES, help="linear: both rates fall to 0 over the run")
     p.add_argument("--min-count", type=int, default=1, help="high-quality samples a mode needs to count as covered")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="write per-run records as JSON lines here")

@@ -38,6 +38,7 @@ import torch
 from pyro_gen.config import GuideConfig, ObjectiveConfig, RunConfig, load_config, save_config
 from pyro_gen.errors import ConfigError, RunDirError
 from pyro_gen.io import atomic_path
+from pyro_gen.rng import seeded
 
 CONFIG_FILE, METRICS_FILE, TRAINING_FILE, POSTERIOR_FILE = "config.yaml", "metrics.json", "training.json", "posterior.nc"
 MODEL_KINDS = ("vae", "gmm", "gan")
@@ -221,10 +222,10 @@ def count_parameters(*modules) -> int:
     return sum(seen.values())
 
 
-def fixed_test_data(test, seed: int) -> torch.Tensor:
-    """The test tensor; dynamically binarized data are binarized once, with ``seed``."""
+def fixed_test_data(test, seed: int, x: torch.Tensor | None = None) -> torch.Tensor:
+    """The test tensor (or images ``x`` of the same dataset); dynamically binarized data are binarized once, with ``seed``."""
     g = torch.Generator().manual_seed(seed)
-    return test.transform_batch(test.x, generator=g)
+    return test.transform_batch(test.x if x is None else x, generator=g)
 
 
 # -- train / evaluate / sample ---------------------------------------------------------------
@@ -583,8 +584,7 @@ def sample_run(run_dir, num: int | None = None, out=None, seed: int = 0) -> list
     if len(model.data_shape) != 3:
         raise ConfigError(f"sample grids need image data (C, H, W); this model's data have shape {tuple(model.data_shape)}")
     out = Path(out) if out else Path(run_dir) / "samples.png"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         images = sample_images(model, num)
     return [save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))))]
 
@@ -860,8 +860,7 @@ def draw_samples(generator, num: int, seed: int, y: torch.Tensor | None = None) 
     ``y``: class labels, one per sample, for a conditional generator (default: drawn uniformly by the program).
     """
     device = next(generator.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         chunks = []
         for start in range(0, num, SAMPLE_CHUNK):
             n = min(SAMPLE_CHUNK, num - start)
@@ -878,8 +877,7 @@ def gan_interpolation(generator, rows: int = 8, steps: int = 10, seed: int = 0) 
     so the program itself runs unchanged. A conditional generator keeps one class per row.
     """
     device = next(generator.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         start, end = generator.prior().sample((2, rows))  # (rows, latent) each
     t = torch.linspace(0, 1, steps, device=device)[None, :, None]
     codes = ((1 - t) * start[:, None] + t * end[:, None]).reshape((rows * steps,) + tuple(start.shape[1:]))
@@ -890,9 +888,14 @@ def gan_interpolation(generator, rows: int = 8, steps: int = 10, seed: int = 0) 
     return conditioned(batch_size=rows * steps, y=labels).cpu()
 
 
-# datasets of digits, and the trained domain feature space (pyro_gen.evaluation.features) each is scored in;
-# chosen by dataset, not by image shape: fashion_mnist has MNIST's shape but is no digit set
-DOMAIN_FEATURE_SPACES = {"binarized_mnist": "mnist28", "mnist": "mnist28", "digits": "digits8"}
+def _digit_domain(data_name: str) -> str | None:
+    """The trained domain feature space of a digit dataset (``mnist28``, ``digits8``), else ``None``.
+
+    Chosen by dataset, not by image shape: fashion_mnist has MNIST's shape but is no digit set.
+    """
+    from pyro_gen.evaluation.features import DOMAIN_ALIASES
+
+    return DOMAIN_ALIASES.get(data_name)
 
 
 def sample_feature_space(data_name: str, data_dir=None):
@@ -906,30 +909,30 @@ def sample_feature_space(data_name: str, data_dir=None):
     """
     from pyro_gen.evaluation.features import feature_space, identity_space
 
-    domain = DOMAIN_FEATURE_SPACES.get(data_name)
+    domain = _digit_domain(data_name)
     return feature_space(domain, data_dir=data_dir) if domain else identity_space()
 
 
 def _sample_quality(samples: torch.Tensor, real: torch.Tensor, space, seed: int) -> tuple[dict, dict]:
     """Frechet distance, KID and precision / recall of ``samples`` against ``real`` in a feature space; ``(scores, protocol)``."""
-    from pyro_gen.evaluation import frechet_distance, kid, precision_recall
-    from pyro_gen.evaluation.features import extract_features
+    from pyro_gen.evaluation import quality_scores
 
-    fake_f, real_f = extract_features(samples, space), extract_features(real, space)
-    if min(len(fake_f), len(real_f)) > KID_SUBSET_SIZE:
-        kid_mean, kid_sd = kid(real_f, fake_f, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=seed)
+    # subsets as large as the sets would all be the same set: then one estimate on everything, no spread
+    subsets = min(len(samples), len(real)) > KID_SUBSET_SIZE
+    q = quality_scores(
+        real, samples, space, k=PR_NEIGHBOURS, kid_subsets=KID_SUBSETS if subsets else 1,
+        kid_subset_size=KID_SUBSET_SIZE if subsets else None, seed=seed,
+    )  # fmt: skip
+    if subsets:
         kid_estimator = f"unbiased MMD^2, cubic polynomial kernel, mean and std over {KID_SUBSETS} random subsets of {KID_SUBSET_SIZE}"
     else:
-        # subsets as large as the sets would all be the same set: one estimate on everything, no spread
-        kid_mean, kid_sd = kid(real_f, fake_f)[0], None
-        kid_estimator = f"unbiased MMD^2, cubic polynomial kernel, one estimate on all {len(real_f)} and {len(fake_f)} points"
-    precision, recall = precision_recall(real_f, fake_f, k=PR_NEIGHBOURS)
+        kid_estimator = f"unbiased MMD^2, cubic polynomial kernel, one estimate on all {len(real)} and {len(samples)} points"
     scores = {
-        "frechet_distance": frechet_distance(real_f, fake_f),
-        "kid": kid_mean,
-        "kid_std": kid_sd,
-        "precision": precision,
-        "recall": recall,
+        "frechet_distance": q.frechet_distance,
+        "kid": q.kid,
+        "kid_std": q.kid_std if subsets else None,
+        "precision": q.precision,
+        "recall": q.recall,
         "feature_space": space.name,
         "num_samples": len(samples),
     }
@@ -1029,17 +1032,17 @@ def _latent_arithmetic(run: GANRun, seed: int):
     ``None`` too when the generator never produced some digit in the draws (no vector for it): the
     metric is then missing rather than made up.
     """
-    from pyro_gen.analysis.latent_arithmetic import latent_arithmetic
+    from pyro_gen.analysis.latent_arithmetic import MissingClassError, latent_arithmetic
     from pyro_gen.evaluation.features import domain_classifier
 
-    domain = DOMAIN_FEATURE_SPACES.get(run.config.data.name)
+    domain = _digit_domain(run.config.data.name)
     if domain is None or run.generator.num_classes is not None:
         return None
     device = next(run.sampler.parameters()).device
     classifier = domain_classifier(domain, data_dir=run.config.data.data_dir, device=device)
     try:
         return latent_arithmetic(run.sampler, classifier, rows=8, num_samples=QUALITY_SAMPLES, seed=seed)
-    except ConfigError:
+    except MissingClassError:
         return None
 
 
@@ -1062,11 +1065,12 @@ def quality_reference_images(config: RunConfig, splits: dict, space) -> tuple[to
     from pyro_gen.evaluation.features import held_out_images
 
     test, name = splits["test"], config.data.name
-    domain = DOMAIN_FEATURE_SPACES.get(name)
+    domain = _digit_domain(name)
     if domain is not None and space.name == f"domain:{domain}":
         held = held_out_images(domain, dataset=name, data_dir=config.data.data_dir)
-        images = test.transform_batch(held.x, generator=torch.Generator().manual_seed(config.data.seed))
-        return images, f"{len(held.x)} {name} {held.split} images held out of the {domain} extractor's training"
+        return fixed_test_data(
+            test, config.data.seed, held.x
+        ), f"{len(held.x)} {name} {held.split} images held out of the {domain} extractor's training"
     return fixed_test_data(test, config.data.seed), f"the {name} test split"
 
 
@@ -1089,13 +1093,13 @@ def _image_quality(run: GANRun, config: RunConfig, seed: int) -> tuple[dict, dic
     quality["real_set"] = real_name
 
     device = next(run.generator.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        pyro.set_rng_seed(config.train.seed)  # the initial weights of the training run
+    # the initial weights of the training run (torch's generator only: numpy and random stay untouched)
+    with seeded(config.train.seed, device):
         untrained, _ = build_gan(config, run.splits["train"])
     untrained.to(device).eval()
     train = run.splits["train"]
     rows = _seeded_subset(torch.arange(len(train.x)), num, seed + 1)
-    train_images = train.transform_batch(train.x[rows], generator=torch.Generator().manual_seed(config.data.seed))
+    train_images = fixed_test_data(train, config.data.seed, train.x[rows])
     keys = ("frechet_distance", "kid", "kid_std", "precision", "recall")
     references = {
         "untrained_generator": _sample_quality(draw_samples(untrained, num, seed), real, space, seed)[0],
@@ -1137,8 +1141,7 @@ def class_grid(generator, rows: int = 8, seed: int = 0) -> torch.Tensor:
     with ``poutine.condition``) drawn with every class label in turn."""
     device = next(generator.parameters()).device
     k = generator.num_classes
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         codes = generator.prior().sample((rows,))
     codes = codes.repeat_interleave(k, dim=0)
     labels = torch.arange(k, device=device).repeat(rows)

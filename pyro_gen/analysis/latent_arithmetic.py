@@ -23,6 +23,11 @@ import pyro
 import torch
 
 from pyro_gen.errors import ConfigError
+from pyro_gen.rng import seeded
+
+
+class MissingClassError(ConfigError):
+    """The generator drew no sample of some class, so that class has no vector to add."""
 
 
 @dataclass
@@ -76,9 +81,9 @@ def latent_arithmetic(generator, classifier, rows: int = 8, num_samples: int = 2
     :param num_samples: samples drawn to estimate the class vectors.
     :param seed: seeds the draws without touching the global random state.
     :param chunk: samples decoded at once.
+    :raises MissingClassError: a class the generator never produced in the draws (no vector to add).
     :raises ConfigError: for a conditional generator (its class is an input, not a direction in
-        ``z``), a classifier whose output is not ``(N, num_classes)`` logits, or a class the
-        generator never produced (no vector to add).
+        ``z``) or a classifier whose output is not ``(N, num_classes)`` logits.
     """
     if getattr(generator, "num_classes", None) is not None:
         raise ConfigError(
@@ -87,9 +92,7 @@ def latent_arithmetic(generator, classifier, rows: int = 8, num_samples: int = 2
         )
     if num_samples < rows:
         raise ConfigError(f"num_samples ({num_samples}) must be at least rows ({rows})")
-    device = next(generator.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, next(generator.parameters()).device):
         return _arithmetic(generator, classifier, rows, num_samples, chunk)
 
 
@@ -106,7 +109,7 @@ def _arithmetic(generator, classifier, rows: int, num_samples: int, chunk: int) 
     counts = torch.bincount(labels, minlength=num_classes)
     if (counts == 0).any():
         missing = torch.nonzero(counts == 0).flatten().tolist()
-        raise ConfigError(
+        raise MissingClassError(
             f"the generator produced no sample of class(es) {missing} in {num_samples} draws, so they have no class vector; "
             "draw more samples (num_samples) or train the generator longer"
         )

@@ -11,6 +11,7 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_gen.io import atomic_path
+from pyro_gen.rng import seeded
 
 
 def _save_png(array, path: Path, cmap="gray") -> Path:
@@ -108,9 +109,8 @@ def write_figures(model, guide, x_test: torch.Tensor, run_dir, seed: int = 0) ->
     """Write ``samples.png``, ``reconstructions.png`` and ``interpolation.png`` (image data) or
     ``samples.png`` as a scatter plot (2-D data) into ``run_dir``; returns the paths."""
     run_dir = Path(run_dir)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        device = next(model.parameters()).device
+    device = next(model.parameters()).device
+    with seeded(seed, device):
         x_test = x_test.to(device)
         if not _is_image(model):
             return [_scatter(model, x_test, run_dir / "samples.png")]

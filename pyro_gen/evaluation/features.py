@@ -72,6 +72,7 @@ from pyro_gen.data.registry import load_dataset
 from pyro_gen.data.splits import seeded_split
 from pyro_gen.errors import ChecksumError, DataError, DataNotFoundError
 from pyro_gen.io import atomic_path
+from pyro_gen.rng import seeded
 
 logger = logging.getLogger(__name__)
 
@@ -518,8 +519,7 @@ def train_domain_extractor(
             raise DataError(f"num_train must be in [1, {len(x_train)}], got {num_train}")
         x_train, y_train = x_train[:num_train], y_train[:num_train]
     start, start_cpu = time.perf_counter(), time.process_time()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(protocol.seed)
+    with seeded(protocol.seed):
         classifier = DigitClassifier(protocol.image_size, protocol.channels, protocol.feature_dim)
     generator = torch.Generator().manual_seed(protocol.seed)
     steps_per_epoch = math.ceil(len(x_train) / protocol.batch_size)

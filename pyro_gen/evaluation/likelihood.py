@@ -28,6 +28,7 @@ import torch
 
 from pyro_gen.errors import SiteMismatchError
 from pyro_gen.infer.traces import check_sites, get_traces, latent_sites, trace_terms
+from pyro_gen.rng import seeded
 
 
 @dataclass
@@ -80,8 +81,7 @@ def _drawing(device: torch.device, seed: int | None):
         stack.enter_context(pyro.settings.context(module_local_params=True))
         stack.enter_context(pyro.validation_enabled(False))
         if seed is not None:
-            stack.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
-            torch.manual_seed(seed)
+            stack.enter_context(seeded(seed, device))
         yield
 
 

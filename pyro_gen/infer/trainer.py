@@ -291,9 +291,7 @@ class Trainer:
         return [self.optimizer] if self.players is None else list(self.optimizers.values())
 
     def _schedule(self, batch_index: int, total: int) -> None:
-        """Set every parameter group's rate for batch ``batch_index`` (0-based) of ``total``."""
-        if self.lr_schedule == "constant":
-            return
+        """Set every parameter group's rate for batch ``batch_index`` (0-based) of ``total`` (the linear schedule)."""
         factor = 1.0 - batch_index / total
         for optimizer in self._all_optimizers():
             for group in optimizer.param_groups:

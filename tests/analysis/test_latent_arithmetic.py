@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_gen.analysis.latent_arithmetic import latent_arithmetic
+from pyro_gen.analysis.latent_arithmetic import MissingClassError, latent_arithmetic
 from pyro_gen.errors import ConfigError
 from pyro_gen.models.gan import GANGenerator, gan
 
@@ -74,7 +74,7 @@ def test_refuses_a_conditional_generator_and_a_missing_class():
         def forward(self, x):
             return torch.stack([torch.ones(len(x)), torch.zeros(len(x))], -1)
 
-    with pytest.raises(ConfigError, match=r"no sample of class\(es\) \[1\]"):
+    with pytest.raises(MissingClassError, match=r"no sample of class\(es\) \[1\]"):
         latent_arithmetic(identity_generator(), AlwaysZero(), num_samples=50)
     with pytest.raises(ConfigError, match="logits"):
         latent_arithmetic(identity_generator(), lambda x: x[:, 0], num_samples=50)
