@@ -127,18 +127,17 @@ def test_the_description_names_the_space_its_training_and_accuracy(digits_cache)
 
 
 # -- the cache ----------------------------------------------------------------------------------------
-def test_cache_round_trip_gives_identical_features(digits_cache, monkeypatch):
+def test_cache_round_trip_gives_identical_features(digits_cache, capsys):
     cache_dir, built = digits_cache
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a cached extractor must be loaded, not retrained")
-
-    monkeypatch.setattr(features, "train_domain_extractor", no_training)
+    capsys.readouterr()
     loaded = domain_features("digits8", cache_dir=cache_dir)
+    assert capsys.readouterr().err == ""  # loaded, not retrained: a training says so on stderr
     held = held_out_images("digits8")
     assert torch.equal(extract_features(held.x, loaded), extract_features(held.x, built))
     assert loaded.description == built.description
     assert loaded.info["held_out_accuracy"] == built.info["held_out_accuracy"]
+    assert loaded.info["train_seconds"] == built.info["train_seconds"]  # the recorded build's, not a new one's
+    assert loaded.info["cache"]["weights"] == str(features.domain_cache_paths("digits8", cache_dir)[0])
 
 
 def test_the_cache_records_checksum_protocol_and_accuracy(digits_cache):
@@ -203,18 +202,24 @@ def test_rebuild_repairs_a_corrupt_cache_with_the_same_seeded_weights(digits_cac
     assert torch.equal(extract_features(held.x, domain_features("digits8", cache_dir=cache_dir)), extract_features(held.x, built))
 
 
-def test_an_interrupted_write_leaves_no_cache_behind(digits_cache, tmp_path, monkeypatch):
-    _, built = digits_cache
-    monkeypatch.setattr(features, "train_domain_extractor", lambda *args, **kwargs: built)
+def test_an_interrupted_write_leaves_no_cache_behind(tmp_path, capsys):
+    weights, metadata = features.domain_cache_paths("digits8", tmp_path)
+    weights.mkdir(parents=True)  # a folder where the weights file goes: the final rename of the write fails
+    with pytest.raises(OSError):
+        feature_space("digits", cache_dir=tmp_path, progress=False)
+    assert [p.name for p in weights.parent.iterdir()] == [weights.name]  # no metadata, no temporary file
+    assert not any(weights.iterdir())
+    assert capsys.readouterr() == ("", "")  # progress=False trains in silence
 
-    def crash_half_way(obj, path):
-        open(path, "wb").write(b"half a file")
-        raise OSError("disk full")
 
-    monkeypatch.setattr(features.torch, "save", crash_half_way)
-    with pytest.raises(OSError, match="disk full"):
-        domain_features("digits8", cache_dir=tmp_path)
-    assert list((tmp_path / "features").iterdir()) == []
+def test_a_first_build_says_so_and_shows_its_epochs_unless_told_not_to(tmp_path, capsys):
+    domain_features("digits8", cache_dir=tmp_path / "loud")
+    err = capsys.readouterr().err
+    folder = features.domain_cache_paths("digits8", tmp_path / "loud")[0].parent
+    assert f"training the digits8 feature extractor once (a few seconds); it is cached in {folder}" in err
+    assert "digits8 feature extractor" in err.splitlines()[-1] and "40/40" in err  # the tqdm bar over the 40 epochs
+    domain_features("digits8", cache_dir=tmp_path / "loud")
+    assert capsys.readouterr().err == ""  # loaded from the cache: nothing to say
 
 
 # -- scores in the domain space -------------------------------------------------------------------------
@@ -240,7 +245,7 @@ def test_mnist28_held_out_images_agree_between_grayscale_and_binarized_mnist(mni
     matched = torch.cat([(g - b).abs().flatten(1).mean(1) for g, b in by_digit])
     shuffled = torch.cat([(g - b.roll(1, 0)).abs().flatten(1).mean(1) for g, b in by_digit])
     assert matched.mean() < 0.06 < 0.12 < shuffled.mean()
-    split = features._mnist28_indices()
+    split = features.mnist28_indices()
     assert len(split["train"]) == 8000 and not set(split["train"].tolist()) & set(split["held_out"].tolist())
 
 
@@ -343,5 +348,5 @@ def test_import_pyro_gen_does_not_import_torchvision():
 
 def test_mnist28_split_is_the_documented_seeded_permutation():
     perm = np.random.default_rng(0).permutation(10000)
-    split = features._mnist28_indices()
+    split = features.mnist28_indices()
     assert np.array_equal(split["train"], perm[:8000]) and np.array_equal(split["held_out"], perm[8000:])
