@@ -7,6 +7,7 @@ Global latents (one draw for the whole dataset) get a Pyro autoguide
 """
 
 import math
+import numbers
 
 import pyro
 import pyro.distributions as dist
@@ -90,9 +91,11 @@ def default_encoder(data_shape, hidden=(300, 300), net: str = "mlp") -> tuple[nn
     """
     from pyro_gen.nn import MLP, ConvEncoder
 
-    hidden = list(hidden)
-    if not hidden:
-        raise ConfigError("the encoder needs at least one hidden layer (its features feed the families)")
+    hidden = list(hidden) if isinstance(hidden, (list, tuple)) else hidden
+    if not isinstance(hidden, list) or not hidden:
+        raise ConfigError(f"the encoder needs a list of hidden layer sizes, at least one (its features feed the families); got {hidden!r}")
+    if any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in hidden):
+        raise ConfigError(f"hidden layer sizes must be positive integers, got {hidden}")
     if net == "mlp":
         body = MLP(math.prod(data_shape), hidden[:-1], hidden[-1], in_shape=data_shape)
     elif net == "conv":

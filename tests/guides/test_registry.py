@@ -124,3 +124,54 @@ def test_check_sites_accepts_the_registered_guides():
     x = structured_images(8)
     for name in GUIDES:
         check_sites(*get_traces(model, make_guide(name, model, hidden=(16,)), x, num_particles=3))
+
+
+# -- names that used to hang or crash ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("planar:99999999999999999999", "at most 1000 flow layers"),  # used to build layers for ever
+        ("iaf:1001", "at most 1000 flow layers"),
+        ("planar:0", "positive integer"),
+        ("iaf:x", "positive integer"),
+        ("iaf:-1", "positive integer"),
+        ("iaf:", "positive integer"),
+        ("iaf:²", "positive integer"),  # str.isdigit() is True, int() refuses it
+        ("iaf: 3", "positive integer"),
+        ("normal:3", "takes no layer count"),
+        ("normal:", "takes no layer count"),
+        ("", "empty guide name"),
+        ("   ", "empty guide name"),
+        (":3", "empty guide name"),
+        ("maf:3", "unknown guide"),
+    ],
+)
+def test_bad_guide_names_raise_a_one_line_config_error(name, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_guide_name(name)
+    assert "\n" not in str(info.value) and repr(name) in str(info.value)
+
+
+@pytest.mark.parametrize("name", [None, 3, 3.5, ["planar", 3], b"planar:3"])
+def test_a_guide_name_that_is_not_a_string_is_refused(name):
+    with pytest.raises(ConfigError, match="must be a string") as info:
+        parse_guide_name(name)
+    assert "\n" not in str(info.value)
+
+
+def test_the_largest_layer_count_is_accepted():
+    assert parse_guide_name("planar:1000") == ("planar", 1000)
+    assert parse_guide_name("iaf:007") == ("iaf", 7)
+
+
+@pytest.mark.parametrize("model", [None, nn.Linear(2, 2), "vae"])
+def test_make_guide_refuses_a_model_that_is_not_a_latent_model(model):
+    with pytest.raises(ConfigError, match="needs a pyro_gen LatentModel") as info:
+        make_guide("normal", model)
+    assert "\n" not in str(info.value)
+
+
+def test_a_huge_layer_count_fails_fast_in_make_guide():
+    model = vae((1, 4, 4), latent_dim=2, hidden=(16,))
+    with pytest.raises(ConfigError, match="at most 1000"):
+        make_guide("planar:99999999999999999999", model, hidden=(16,))
