@@ -42,7 +42,7 @@ def toy_modes(name: str) -> tuple[torch.Tensor, float]:
     :returns: ``(centers, std)``: float32 tensor ``(M, 2)`` and the std of every mode.
     :raises DataError: unknown name.
     """
-    if name not in _MODES:
+    if not isinstance(name, str) or name not in _MODES:
         raise DataError(f"Unknown toy dataset {name!r}; known toys: {', '.join(NAMES)}.")
     centers, std = _MODES[name]
     return torch.tensor(centers, dtype=torch.float32), std

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.data.registry import VALUE_KINDS
 from pyro_gen.errors import ConfigError, DataError
 from pyro_gen.models.checks import check_finite
 
@@ -191,3 +192,30 @@ def make_likelihood(name: str, data_shape=None, scale="learned") -> Likelihood:
     if issubclass(cls, _LocationScale):
         return cls(scale=scale, data_shape=data_shape)
     return cls()
+
+
+#: The likelihood each kind of data values (:data:`pyro_gen.data.VALUE_KINDS`) gets by default, and why.
+_DEFAULTS = {
+    "binary": ("bernoulli", "binary (0/1) values: the Bernoulli likelihood, logits from the decoder"),
+    "unit_interval": (
+        "continuous_bernoulli",
+        "continuous values in [0, 1]: the continuous Bernoulli, a normalized density on [0, 1] "
+        "(Loaiza-Ganem & Cunningham 2019); a Bernoulli on grey levels is not a proper likelihood",
+    ),
+    "counts": ("poisson", "non-negative integer counts: the Poisson likelihood, log rates from the decoder"),
+    "real": ("gaussian", "real values: a Gaussian likelihood with one learned scale per value (scale='learned')"),
+}
+
+
+def default_likelihood(values: str) -> tuple[str, str]:
+    """The default likelihood for a kind of data values: ``(name for make_likelihood, one-line reason)``.
+
+    ``binary`` -> ``bernoulli``; ``unit_interval`` -> ``continuous_bernoulli``; ``counts`` -> ``poisson``;
+    ``real`` -> ``gaussian`` (scale learned, the default of :func:`make_likelihood`). Typically
+    ``default_likelihood(pyro_gen.data.dataset_info(name, binarize).values)``.
+
+    :raises ConfigError: ``values`` is not one of :data:`pyro_gen.data.VALUE_KINDS`.
+    """
+    if not isinstance(values, str) or values not in VALUE_KINDS:
+        raise ConfigError(f"unknown kind of data values {values!r}; choose one of {', '.join(VALUE_KINDS)}")
+    return _DEFAULTS[values]
