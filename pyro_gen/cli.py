@@ -90,51 +90,15 @@ def _train(args) -> None:
                 f"--resume continues the run with its own {args.run_dir}/config.yaml; it takes no config or overrides "
                 f"(only --device, to move the run), got: {given}"
             )
-        metrics = train(None, args.run_dir, resume=True, device=args.device)
+        scores = train(None, args.run_dir, resume=True, device=args.device)
     else:
-        overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
-        config = load_config(args.config, overrides)
-        run_dir = args.run_dir or f"runs/{config.data.name}-{_run_label(config)}-{time.strftime('%Y%m%d-%H%M%S')}"
-        metrics = train(config, run_dir)
+        if args.config is None:
+            raise ConfigError("train needs a config file, e.g. 'pyro-gen train configs/quickstart.yaml' (see configs/)")
+        config = load_config(args.config, args.overrides)
+        run_dir = args.run_dir or f"runs/{config.data.name}-{config.family.label(config)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        scores = train(config, run_dir, device=args.device)
         print(f"run directory: {run_dir}")
-    print(_scores_line(metrics))
-
-
-def _run_label(config) -> str:
-    if config.model.kind == "gan":
-        return f"gan-{config.model.net}-{config.objective.name}"
-    if config.model.kind == "gmm":
-        return f"gmm-{config.train.method if config.train.method == 'nuts' else config.guide.name}"
-    return config.guide.name.replace(":", "-")
-
-
-def _scores_line(m: dict) -> str:
-    """One line of a run's test scores (a VAE's importance-sampled NLL, a Gaussian mixture's exact log-likelihood,
-    or the quality of a GAN's samples)."""
-    if "modes_covered" in m:
-        kl = "n/a" if m["reverse_kl"] is None else f"{m['reverse_kl']:.3f}"
-        q = m["protocol"]["sample_quality"]
-        return (
-            f"{m['modes_covered']}/{m['num_modes']} modes covered, {100 * m['high_quality']:.1f}% high quality, reverse KL {kl} "
-            f"({q['samples']} samples, {q['num_std']:g} std)"
-        )
-    if "frechet_distance" in m:
-        spread = "" if m["kid_std"] is None else f" (std {m['kid_std']:.2g})"
-        return (
-            f"Frechet distance {m['frechet_distance']:.4g}, KID {m['kid']:.4g}{spread}, precision {m['precision']:.3f}, "
-            f"recall {m['recall']:.3f} in the {m['feature_space']} feature space ({m['num_samples']} samples)"
-        )
-    if "test_log_likelihood" in m:
-        at = "the posterior mean" if m["protocol"]["method"] == "nuts" else f"the {m['guide']} guide's estimate"
-        line = f"test log-likelihood {m['test_log_likelihood']:.4f} nats per point at {at} (train {m['train_log_likelihood']:.4f})"
-        if m.get("test_lpd") is not None:
-            r_hat = "n/a" if m["r_hat_max"] is None else f"{m['r_hat_max']:.3f}"
-            line += f", posterior predictive {m['test_lpd']:.4f}; {m['divergences']} divergences, max R-hat {r_hat}"
-        return line
-    line = f"test NLL {m['test_nll']:.3f} nats (K={m['nll_samples']}), test ELBO {m['test_elbo']:.3f}, active units {m['active_units']}"
-    if m.get("khat_mean") is not None:
-        line += f", k-hat mean {m['khat_mean']:.2f} ({100 * m['khat_share_above_0.7']:.0f}% of points above 0.7)"
-    return line
+    print(scores.summary())
 
 
 def _compare(args) -> None:
@@ -165,11 +129,26 @@ def _list() -> None:
     from pyro_gen.infer.adversarial import LOSSES
     from pyro_gen.models import likelihood_names
 
+    from pyro_gen.families import family_names, get_family
+
+    print("models:      " + ", ".join(f"{n} ({get_family(n).description})" for n in family_names()))
     print("datasets:    " + ", ".join(dataset_names()))
     print("guides:      " + ", ".join(guide_names()))
     print("likelihoods: " + ", ".join(likelihood_names()))
     print("objectives:  " + ", ".join(objective_names()))
     print("gan losses:  " + ", ".join(LOSSES))
+
+
+def _interrupted() -> tuple:
+    from pyro_gen import errors
+
+    return tuple(c for c in (getattr(errors, "TrainingInterrupted", None),) if c is not None)
+
+
+def _resume_hint(args) -> str:
+    if args.command == "train" and getattr(args, "run_dir", None):
+        return f"; continue with: pyro-gen train --resume --run-dir {args.run_dir}"
+    return ""
 
 
 def main(argv=None) -> int:
@@ -180,8 +159,8 @@ def main(argv=None) -> int:
         elif args.command == "evaluate":
             from pyro_gen.run import evaluate_run
 
-            m = evaluate_run(args.run_dir, nll_samples=args.nll_samples, device=args.device, figures=False if args.no_figures else None)
-            print(_scores_line(m))
+            scores = evaluate_run(args.run_dir, nll_samples=args.nll_samples, device=args.device, figures=False if args.no_figures else None)
+            print(scores.summary())
         elif args.command == "sample":
             from pyro_gen.run import sample_run
 
@@ -199,10 +178,16 @@ def main(argv=None) -> int:
             print(f"downloaded {args.name} into {download_dataset(args.name, args.data_dir)}")
         elif args.command == "list":
             _list()
+    except KeyboardInterrupt:
+        print(f"pyro-gen {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
     except PyroGenError as e:
         # Pyro re-raises errors from inside a traced model with the trace's shapes appended;
         # the user needs our message, not the shapes table
         message = str(e).split("\nTrace Shapes:")[0].rstrip()
+        if isinstance(e, _interrupted()):
+            print(f"pyro-gen {args.command}: {message}{_resume_hint(args)}", file=sys.stderr)
+            return 128 + getattr(e, "signal", 2)
         print(f"pyro-gen {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -27,6 +27,7 @@ from cli_support import fails as _fails
 from cli_support import read_jsonl as _read_jsonl
 
 from pyro_gen.cli import main
+from pyro_gen.infer.trainer import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # The repository sits next to the ``shared`` folder (as in tests/data/conftest.py): <parent>/main/tests/test_cli.py.
@@ -129,10 +130,10 @@ def test_train_checkpoints_load_with_weights_only(trained_run):
     run_dir, _ = trained_run
     for name in ("last.pt", "best.pt"):
         # weights_only=True: a run directory from someone else cannot run code when loaded
-        ckpt = torch.load(run_dir / name, map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(run_dir / name)
         assert {"model", "guide", "optimizer", "epoch"} <= set(ckpt), name
         assert 1 <= ckpt["epoch"] <= EPOCHS
-    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == EPOCHS
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == EPOCHS
 
 
 def test_train_metrics_json_reports_scores_with_their_protocol(trained_run):
@@ -188,8 +189,8 @@ def test_resume_continues_an_interrupted_run_bit_for_bit(trained_run, tmp_path):
     assert [r["epoch"] for r in resumed] == [1, 2]
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
     assert [r["valid_loss"] for r in resumed] == [r["valid_loss"] for r in full]
-    a = torch.load(run_dir / "last.pt", weights_only=True)
-    b = torch.load(full_dir / "last.pt", weights_only=True)
+    a = load_checkpoint(run_dir / "last.pt")
+    b = load_checkpoint(full_dir / "last.pt")
     assert a["epoch"] == b["epoch"] == EPOCHS
     for part in ("model", "guide"):
         assert a[part].keys() == b[part].keys()
@@ -199,14 +200,14 @@ def test_resume_continues_an_interrupted_run_bit_for_bit(trained_run, tmp_path):
     assert m["test_nll"] == pytest.approx(m_full["test_nll"], rel=1e-6)
 
 
-def test_resume_of_a_finished_run_adds_no_epoch(trained_run, tmp_path):
+def test_resume_of_a_finished_run_says_it_is_complete_and_changes_nothing(trained_run, tmp_path, capsys):
     run_dir = _copy_run(trained_run[0], tmp_path)
-    before = (run_dir / "metrics.jsonl").read_text()
-    code, out = _run(["train", "--resume", "--run-dir", run_dir])
-    assert code == 0, out
-    assert (run_dir / "metrics.jsonl").read_text() == before
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    message = _fails(["train", "--resume", "--run-dir", run_dir], capsys)
+    assert "is complete" in message and f"pyro-gen evaluate {run_dir}" in message
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == EPOCHS
-    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == EPOCHS
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == EPOCHS
 
 
 def test_resume_refuses_config_and_overrides_instead_of_ignoring_them(trained_run, tmp_path, capsys):
@@ -223,6 +224,7 @@ def test_resume_may_move_the_run_to_another_device(trained_run, tmp_path):
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     config["train"]["device"] = "cuda"  # as if trained on a GPU machine
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "training.json").unlink()  # and stopped before its training finished
     code, out = _run(["train", "--resume", "--run-dir", run_dir, "--device", "cpu"])
     assert code == 0, out
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["device"] == "cpu"
@@ -367,7 +369,7 @@ def test_non_binary_data_under_bernoulli_is_one_clear_line(tmp_path, capsys):
     # the check runs inside the traced model, where Pyro appends a table of trace shapes to the
     # error; the user gets our message alone
     argv = ["compare", "--data", "digits", "--guides", "normal", "--epochs", 1, "--train-size", 50, "--test-size", 20, "--out", tmp_path]
-    message = _fails([*argv, "model.hidden=[8]", "train.progress=false"], capsys)
+    message = _fails([*argv, "model.hidden=[8]", "model.likelihood=bernoulli", "train.batch_size=16", "train.progress=false"], capsys)
     assert "binar" in message and "Trace Shapes" not in message
 
 
@@ -586,23 +588,23 @@ def test_analyze_a_map_point_estimate_is_refused(tmp_path, capsys):
     assert _run(["train", GMM_IRIS, "train.epochs=2", "train.progress=false", "eval.images=false", "--run-dir", run_dir])[0] == 0
     message = _fails(["analyze", run_dir], capsys)
     assert "MAP point estimate" in message and "guide.name=normal" in message and "train.method=nuts" in message
-    assert "Gaussian mixture run" in _fails(["sample", run_dir], capsys)
+    assert "'sample' is not available for model.kind: gmm" in _fails(["sample", run_dir], capsys)
     assert "drop --nll-samples" in _fails(["evaluate", run_dir, "--nll-samples", 100], capsys)
 
 
 @pytest.mark.parametrize(
     "config, overrides, expected",
     [
-        (QUICKSTART, ["train.method=nuts"], "train.method: nuts samples the global parameters of a Gaussian mixture"),
-        (QUICKSTART, ["train.method=hmc"], "unknown train.method 'hmc'; choose 'svi'"),
-        (GMM_IRIS, ["guide.name=planar:2"], "guide.name 'planar:2' is not a guide of a Gaussian mixture"),
-        (GMM_IRIS, ["objective.beta=0.5"], "objective.beta is an option of the VAE's ELBO"),
-        (GMM_IRIS, ["model.covariance=spherical"], "unknown model.covariance 'spherical'; choose 'diag' or 'full'"),
+        (QUICKSTART, ["train.method=nuts"], "unknown config key 'train.method'"),
+        (GMM_IRIS, ["train.method=hmc"], "train.method is 'hmc'; choose one of 'svi', 'nuts'"),
+        (GMM_IRIS, ["guide.name=planar:2"], "guide.name is 'planar:2'; choose one of 'delta', 'normal'"),
+        (GMM_IRIS, ["objective.beta=0.5"], "unknown config key 'objective.beta'"),
+        (GMM_IRIS, ["model.covariance=spherical"], "model.covariance is 'spherical'; choose one of 'diag', 'full'"),
         (GMM_IRIS, ["data.name=digits"], "model.kind: gmm needs vector data"),
         (GMM_IRIS, ["data.valid_size=10"], "data.valid_size is set but 'iris' has no valid split"),
         (GMM_IRIS, ["model.component=2"], "did you mean 'model.components'"),
         (GMM_NUTS, ["train.num_sample=10"], "did you mean 'train.num_samples'"),
-        (GMM_NUTS, ["train.chains=0"], "train.chains >= 1"),
+        (GMM_NUTS, ["train.chains=0"], "train.chains must be >= 1"),
         (QUICKSTART, ["eval.khat_samples=5"], "eval.khat_samples must be null"),
     ],
 )
@@ -612,7 +614,7 @@ def test_bad_gmm_and_method_settings_are_one_clear_line(config, overrides, expec
 
 def test_resuming_a_nuts_run_is_refused(nuts_run, tmp_path, capsys):
     run_dir = _copy_run(nuts_run, tmp_path)
-    assert "cannot be resumed" in _fails(["train", "--resume", "--run-dir", run_dir], capsys)
+    assert "is complete" in _fails(["train", "--resume", "--run-dir", run_dir], capsys)
 
 
 # -- the installed script -------------------------------------------------------------------------------

@@ -1,0 +1,206 @@
+"""The protocol every model family implements, and the typed score record it writes.
+
+A *family* is everything the run layer needs to know about one kind of model: the dataclasses of
+its config sections, its checks, how it loads data, fits, rebuilds itself from a run directory,
+scores, draws figures and samples, and (optionally) what ``analyze`` writes. The commands in
+:mod:`pyro_gen.run` hold no branch on the kind of model; they call these hooks.
+
+A command a family does not support raises :class:`Unsupported` (a :class:`ConfigError`) with
+the family's own one-line reason (:attr:`Family.unsupported`).
+
+The pattern follows torchvision's model registry (a name -> builder table read by
+``get_model`` / ``list_models``, one test over every entry) and zuko's one file per flow family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyro_gen.errors import ConfigError
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from pyro_gen.config import RunConfig
+    from pyro_gen.run.rundir import RunDir
+
+
+class Unsupported(ConfigError):
+    """A command that a model family does not support."""
+
+
+def finite(value):
+    """A float for JSON, or ``None`` when it is NaN or infinite (JSON has no such numbers)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+@dataclass
+class Scores(Mapping):
+    """The test scores of a run, as written to ``metrics.json``: one typed record per family.
+
+    Subclasses declare their fields (in the order of ``metrics.json``); a field whose JSON key
+    is not an identifier names it in its metadata (``{"key": "khat_share_above_0.7"}``).
+    :meth:`summary` is the one line the CLI prints. The record reads like the dict it writes
+    (``scores["test_nll"]``), so code that read ``metrics.json`` keeps working.
+    """
+
+    def to_json(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("optional") and getattr(self, f.name) is None:
+                continue
+            out[f.metadata.get("key", f.name)] = getattr(self, f.name)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict):
+        """The record of a ``metrics.json`` (keys of the record only; keys it does not know are refused)."""
+        by_key = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(by_key)
+        if unknown:
+            raise KeyError(f"keys {sorted(unknown)} are not fields of {cls.__name__}")
+        return cls(**{by_key[k].name: v for k, v in data.items()})
+
+    def summary(self) -> str:  # pragma: no cover - every family's record defines it
+        raise NotImplementedError
+
+    # the Mapping protocol, over the JSON form
+    def __getitem__(self, key):
+        return self.to_json()[key]
+
+    def __iter__(self):
+        return iter(self.to_json())
+
+    def __len__(self):
+        return len(self.to_json())
+
+
+@dataclass
+class EvalOptions:
+    """What ``evaluate`` was asked for on the command line / in the Python call (``None``: the run's config)."""
+
+    nll_samples: int | None = None
+    device: str | None = None
+    figures: bool | None = None
+
+
+@dataclass
+class AnalyzeOptions:
+    """What ``analyze`` was asked for: see :func:`pyro_gen.run.analyze_run`."""
+
+    points: int | None = None
+    draws: int = 1000
+    seed: int = 0
+    khat_samples: int | None = None
+
+
+class Family:
+    """One kind of model behind the generic commands. Subclass it, set the class attributes, register it.
+
+    :cvar name: the ``model.kind`` that selects the family.
+    :cvar description: one line for ``pyro-gen list``.
+    :cvar sections: config section name -> dataclass, for each section the family reads beyond
+        the generic ``data`` / ``train`` / ``eval`` (it may replace those too, with subclasses).
+    :cvar absent_sections: section name -> why the family has no such section (its error message).
+    :cvar scores: the :class:`Scores` subclass of its ``metrics.json``.
+    :cvar unsupported: command -> the one-line reason it is not supported.
+    :cvar compare_columns: the score keys ``compare`` tabulates (``compare`` varies ``guide.name``).
+    """
+
+    name: str = ""
+    description: str = ""
+    sections: dict[str, type] = {}
+    absent_sections: dict[str, str] = {}
+    scores: type[Scores] = Scores
+    unsupported: dict[str, str] = {}
+    compare_columns: tuple[str, ...] = ()
+
+    # -- config ---------------------------------------------------------------------------------
+    def check(self, config: RunConfig) -> None:
+        """Refuse combinations of settings that cannot work, before any data is loaded or file written."""
+
+    def label(self, config: RunConfig) -> str:
+        """A short label for a default run-directory name."""
+        return self.name
+
+    # -- data -----------------------------------------------------------------------------------
+    def load_data(self, config: RunConfig, splits=("train", "valid", "test")) -> dict:
+        """The splits the family uses (see :func:`pyro_gen.run.data.load_splits`)."""
+        from pyro_gen.run.data import load_splits
+
+        return load_splits(config.data, splits)
+
+    def check_data(self, config: RunConfig, splits: dict) -> None:
+        """Refuse data that the configured model cannot fit (shape, values, labels, sizes)."""
+
+    # -- the commands ---------------------------------------------------------------------------
+    def load_model(self, config: RunConfig, run: RunDir, device="cpu") -> tuple:
+        """``(model, guide, splits)`` of a run with its trained weights (a model without a guide: ``guide`` is ``None``)."""
+        model, guide, splits, _ = self.load(config, run, device)
+        return model, guide, splits
+
+    def load(self, config: RunConfig, run: RunDir, device="cpu"):
+        raise self.refuse("load")
+
+    def fit(self, config: RunConfig, splits: dict, run: RunDir, resume: bool) -> dict:
+        """Fit the model into ``run``; returns what goes into ``training.json``."""
+        raise self.refuse("train")
+
+    def evaluate(self, config: RunConfig, run: RunDir, options: EvalOptions) -> Scores:
+        """Score the run on its test split (and write its figures when asked); returns the record."""
+        raise self.refuse("evaluate")
+
+    def sample(self, config: RunConfig, run: RunDir, num: int | None, out: Path, seed: int) -> list[Path]:
+        """Write samples of the fitted model; returns the paths written."""
+        raise self.refuse("sample")
+
+    def analyze(self, config: RunConfig, run: RunDir, options: AnalyzeOptions) -> list[Path]:
+        """Bayesian diagnostics into the run directory; returns the paths written."""
+        raise self.refuse("analyze")
+
+    def compare_row(self, scores: Scores) -> dict:
+        """One row of ``compare``'s table."""
+        return {c: scores.get(c) for c in self.compare_columns}
+
+    def compare_caption(self, config: RunConfig) -> str:
+        """The protocol line above ``compare``'s table."""
+        return ""
+
+    def refuse(self, command: str) -> Unsupported:
+        reason = self.unsupported.get(command, f"model.kind: {self.name} does not support '{command}'")
+        return Unsupported(f"'{command}' is not available for model.kind: {self.name}: {reason}")
+
+
+# -- shared by the families that train with the one Trainer ----------------------------------------
+def make_trainer(config: RunConfig, model, guide, objective, run: RunDir | None, patience: int | None = None):
+    """The one :class:`~pyro_gen.infer.trainer.Trainer`, set from the config's ``train`` section."""
+    from pyro_gen.infer.trainer import Trainer
+
+    t = config.train
+    return Trainer(
+        model, guide, objective, lr=t.lr, batch_size=t.batch_size, epochs=t.epochs, device=t.device, seed=t.seed,
+        run_dir=None if run is None else run.path, patience=patience, progress=t.progress, clip_norm=t.clip_norm,
+        lr_schedule=t.lr_schedule,
+    )  # fmt: skip
+
+
+def fit_with_trainer(trainer, train, valid, run: RunDir, resume: bool) -> list[dict]:
+    """``trainer.fit``; a resume of a run killed before its first checkpoint starts it from the beginning.
+
+    The config and the seed are the run's, so that start gives what the killed run would have given.
+    """
+    resume = resume and (run.path / run.LAST).is_file()
+    return trainer.fit(train, valid, resume=resume)
+
+
+def epochs_record(history: list[dict], epochs: int) -> dict:
+    """The part of ``training.json`` every trained family writes (``epochs``: the configured number)."""
+    return {
+        "epochs": len(history),
+        "stopped_early": len(history) < epochs,
+        "seconds_per_epoch": sum(r["seconds"] for r in history) / max(len(history), 1),
+        "final_train_loss": history[-1]["train_loss"] if history else math.nan,
+    }

@@ -1,0 +1,114 @@
+"""The generic commands: ``train``, ``evaluate``, ``sample`` and ``analyze`` on run directories.
+
+None of them branches on the kind of model: the family named by ``model.kind``
+(:mod:`pyro_gen.families`) does the family's part, and :class:`~pyro_gen.run.rundir.RunDir`
+every file's. Each command that writes holds the run directory's lock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyro_gen.config import RunConfig
+from pyro_gen.errors import ConfigError, RunDirError
+from pyro_gen.families import AnalyzeOptions, EvalOptions, Scores
+from pyro_gen.run.data import check_device
+from pyro_gen.run.rundir import RunDir
+
+
+def check_config(config: RunConfig) -> None:
+    """Refuse combinations of settings that cannot work, before any data is loaded or any file written."""
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"expected a RunConfig (pyro_gen.config.load_config), got {type(config).__name__}")
+    config.family.check(config)
+
+
+def train(config: RunConfig | None, run_dir, resume: bool = False, device: str | None = None) -> Scores:
+    """Train the configured model into ``run_dir``, evaluate it on the test split and write its figures.
+
+    ``resume=True`` continues the run in ``run_dir`` with its own ``config.yaml`` (``device`` may move
+    it); a run killed at any moment, even before its first checkpoint, continues to the result an
+    uninterrupted run gives. Returns the family's score record (the contents of ``metrics.json``).
+    """
+    run = RunDir(run_dir)
+    if resume:
+        if config is not None:
+            raise ConfigError("resume=True continues the run with its own config.yaml: pass config=None")
+        if not (run.path / run.CONFIG).is_file():
+            raise RunDirError(f"cannot resume: {run.path} has no {run.CONFIG}, so it is not a run started by 'pyro-gen train'")
+        config = run.config()
+        if run.is_complete(config):
+            raise RunDirError(
+                f"{run.path} is complete (its training finished, see {run.TRAINING}); nothing to resume. Score it again with "
+                f"'pyro-gen evaluate {run.path}', or train a new run into another --run-dir"
+            )
+    elif config is None:
+        raise ConfigError("train needs a config (pyro_gen.config.load_config) unless resume=True")
+    if device is not None:
+        check_device(device)
+        config.train.device = device
+    check_device(config.train.device, "train.device" if device is None else "--device")
+    check_config(config)
+    family = config.family
+    splits = family.load_data(config)
+    family.check_data(config, splits)
+    with run.lock():
+        if resume:
+            if device is not None:  # a run may continue on another device; everything else stays as configured
+                run.save_config(config)
+        else:
+            run.start_fresh()
+        training = family.fit(config, splits, run, resume)
+        run.write_training(training)  # written last: the run is complete
+    return evaluate_run(run.path, device=config.train.device)
+
+
+def evaluate_run(run_dir, nll_samples: int | None = None, device=None, figures: bool | None = None) -> Scores:
+    """Score a run on its test split; write ``metrics.json`` (and figures). Returns the family's score record."""
+    run = RunDir(run_dir)
+    config = run.config()
+    if nll_samples is not None and nll_samples < 1:
+        raise ConfigError(f"--nll-samples must be a positive number of importance samples, got {nll_samples}")
+    if device is not None:
+        check_device(device)
+    if not run.is_complete() and not (run.path / run.LAST).exists():
+        raise RunDirError(
+            f"{run.path} has no trained model yet (no {run.LAST}, no {run.TRAINING}); continue its training with "
+            f"'pyro-gen train --resume --run-dir {run.path}'"
+        )
+    with run.lock():
+        return config.family.evaluate(config, run, EvalOptions(nll_samples=nll_samples, device=device, figures=figures))
+
+
+def sample_run(run_dir, num: int | None = None, out=None, seed: int = 0) -> list[Path]:
+    """Write ``num`` samples from a run's model to ``out`` (default ``run_dir/samples.png``); returns the paths written."""
+    if num is not None and num < 1:
+        raise ConfigError(f"--num must be a positive number of samples, got {num}")
+    run = RunDir(run_dir)
+    config = run.config()
+    out = Path(out) if out else run.path / "samples.png"
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: samples are written as a PNG image; give a path ending in .png")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    return config.family.sample(config, run, num, out, seed)
+
+
+def analyze_run(run_dir, points: int | None = None, draws: int = 1000, seed: int = 0, khat_samples: int | None = None) -> list[Path]:
+    """Bayesian diagnostics of a run with ArviZ, written into the run directory; returns the paths written.
+
+    What is written is the family's (see its ``analyze``): a Gaussian mixture's posterior summary,
+    trace / rank / pair / ppc plots and PSIS-LOO; a VAE's local posteriors and per-point k-hat.
+    """
+    from pyro_gen.analysis.psis import MIN_SAMPLES
+
+    run = RunDir(run_dir)
+    config = run.config()
+    if points is not None and points < 1:
+        raise ConfigError(f"--points must be a positive number of test points, got {points}")
+    if draws < 4:
+        raise ConfigError(f"--draws must be at least 4 (ESS and R-hat split each chain in two), got {draws}")
+    if khat_samples is not None and khat_samples < MIN_SAMPLES:
+        raise ConfigError(f"--khat-samples must be at least {MIN_SAMPLES}, the fewest draws whose tail can be fitted; got {khat_samples}")
+    with run.lock():
+        return config.family.analyze(config, run, AnalyzeOptions(points=points, draws=draws, seed=seed, khat_samples=khat_samples))
