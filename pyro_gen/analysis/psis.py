@@ -36,13 +36,14 @@ References:
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from pyro_gen.errors import DataError
 from pyro_gen.evaluation.likelihood import log_weights as _log_weights
+from pyro_gen.models.checks import check_data_tensor
 
 KHAT_THRESHOLD = 0.7
 #: the fewest draws per column whose tail (:func:`tail_length`) has the 5 points a fit needs
@@ -85,26 +86,30 @@ def psis_khat(log_weights, r_eff: float = 1.0, max_elements: int = 2**24) -> tor
     """The Pareto shape estimate ``k-hat`` of importance weights, one per column.
 
     :param log_weights: ``(num_samples, N)`` log importance weights (unnormalized; a 1-D
-        array is one column), a tensor or array.
+        array is one column), a floating-point tensor or numpy array (``-inf``: a zero weight).
     :param r_eff: relative efficiency of the draws (``ESS / S``; 1 for independent draws).
     :param max_elements: bound on the temporaries of the vectorized fit (columns are processed in groups).
     :returns: ``(N,)`` float64 tensor of k-hat (``-inf``/``inf`` for degenerate tails, see the module docstring).
     """
-    lw = (log_weights if torch.is_tensor(log_weights) else torch.as_tensor(np.asarray(log_weights))).detach().to(torch.float64)
+    # -inf is a valid log-weight (a zero weight): the value checks are the ones below
+    lw = check_data_tensor(log_weights, "log_weights", values=False, arrays=True, allow_empty=True)
+    lw = lw.detach().to("cpu", torch.float64)  # the fit is cheap; on the CPU its temporaries share one device
     squeeze = lw.dim() == 1
     if squeeze:
         lw = lw.unsqueeze(-1)
     if lw.dim() != 2:
         raise DataError(f"log_weights must have shape (num_samples, N), got {tuple(lw.shape)}")
     S, N = lw.shape
+    if N == 0:
+        raise DataError(f"log_weights has no columns (shape {tuple(lw.shape)}): give one column of draws per datapoint")
     if S < 2:
         raise DataError(f"need at least 2 samples per column to fit a tail, got {S}")
     if torch.isnan(lw).any() or (lw == math.inf).any():
         raise DataError("log_weights contain NaN or +inf; check the model and guide densities")
     if (lw.amax(0) == -math.inf).any():
         raise DataError("a column of log_weights is all -inf (every weight zero): the guide puts no mass where the model does")
-    if not r_eff > 0:
-        raise DataError(f"r_eff must be positive, got {r_eff}")
+    if isinstance(r_eff, bool) or not isinstance(r_eff, numbers.Real) or not r_eff > 0:
+        raise DataError(f"r_eff must be a positive number, got {r_eff!r}")
     M = tail_length(S, r_eff)
     top = lw.T.topk(min(M + 1, S), dim=-1, sorted=True).values.flip(-1)  # (N, M+1) ascending, largest last
     # shift by the maximum for exp; a cutoff below the smallest normal number is clipped to it

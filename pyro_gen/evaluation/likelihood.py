@@ -26,8 +26,9 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from pyro_gen.errors import SiteMismatchError
+from pyro_gen.errors import ConfigError, SiteMismatchError
 from pyro_gen.infer.traces import check_sites, get_traces, latent_sites, trace_terms
+from pyro_gen.models.checks import check_data_tensor
 from pyro_gen.rng import seeded
 
 
@@ -93,8 +94,6 @@ def _importance_draws(model, guide, x: torch.Tensor, num_samples: int, chunk_siz
     filled with as many particles as possible, then datapoints: the encoder and the guide's flow
     parameters are computed once per datapoint and chunk, so fewer chunks is faster.
     """
-    if num_samples < 1 or chunk_size < 1:
-        raise ValueError("num_samples and chunk_size must be positive")
     from tqdm.auto import tqdm
 
     per_chunk = min(num_samples, chunk_size)
@@ -116,6 +115,21 @@ def _device(model) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+def _check_inputs(model, x, num_samples, chunk_size) -> torch.Tensor:
+    """The entry checks of :func:`log_likelihood`: ``x`` shaped ``(N, *model.data_shape)`` in the model's dtype, finite.
+
+    ``x`` may live on another device than the model (it is moved batch by batch), but not on ``meta``.
+    """
+    for name, value in (("num_samples", num_samples), ("chunk_size", chunk_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    ref = next(iter(model.parameters()), None)
+    if ref is None:
+        ref = next(iter(model.buffers()), None)
+    data_shape = getattr(model, "data_shape", None)
+    return check_data_tensor(x, "x", data_shape, dtype=None if ref is None else ref.dtype)
+
+
 @torch.no_grad()
 def log_likelihood(
     model,
@@ -129,7 +143,9 @@ def log_likelihood(
 ) -> LikelihoodResult:
     """Importance-sampled ``log p(x)`` per datapoint with ``num_samples`` draws from the guide.
 
-    :param x: data ``(N, *data_shape)`` (moved to the model's device batch by batch).
+    :param x: data ``(N, *data_shape)``, a tensor of the model's dtype (moved to the model's device batch by batch).
+    :raises DataError: ``x`` is not such a tensor, is empty or has NaN / inf (see
+        :func:`~pyro_gen.models.checks.check_data_tensor`).
     :param num_samples: K, importance samples per datapoint.
     :param chunk_size: at most this many (sample, datapoint) pairs per vectorized pass.
     :param seed: seed for the draws (``None``: use the current random state).
@@ -138,6 +154,7 @@ def log_likelihood(
         ``(K, len(block))``: the estimate's own draws, e.g. for per-datapoint PSIS k-hat. A block
         holds at most ``max(chunk_size, K)`` log-weights, so memory stays bounded.
     """
+    _check_inputs(model, x, num_samples, chunk_size)
     device = _device(model)
     acc = torch.full((len(x),), -math.inf, device=device)
     sums = torch.zeros(3, len(x), device=device)
@@ -195,7 +212,7 @@ def evaluate(
     model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int = 0, progress: bool = False
 ) -> dict:
     """Test scores in nats per datapoint: ``nll``, ``elbo``, ``reconstruction``, ``kl``, ``active_units``, with ``nll_samples`` and ``n``."""
-    was_training = [model.training, guide.training]
+    was_training = [model.training, guide.training]  # log_likelihood checks the inputs
     model.eval(), guide.eval()
     try:
         return log_likelihood(model, guide, x, num_samples, chunk_size, seed, progress).summary()

@@ -36,12 +36,14 @@ References:
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
 from pyro_gen.errors import DataError
 from pyro_gen.evaluation.features import FeatureSpace, extract_features, resolve_feature_space
+from pyro_gen.models.checks import check_data_tensor
 
 #: Samples drawn per model in the VEEGAN / PacGAN mode-coverage protocol.
 NUM_SAMPLES = 2500
@@ -50,13 +52,10 @@ NUM_SAMPLES = 2500
 def _features(x, name: str, space: FeatureSpace | str | None = None) -> torch.Tensor:
     """``x`` as a checked float64 ``(N, d)`` feature matrix, embedded in ``space`` first when one is given."""
     if space is not None:
-        x = extract_features(x, space)
-    x = torch.as_tensor(x).detach().to("cpu", torch.float64)
-    if x.dim() != 2 or len(x) == 0:
-        raise DataError(f"{name} must be a non-empty (N, d) feature matrix; got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise DataError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN or infinite values")
-    return x
+        # samples (images or points): their rank is the feature space's to check
+        x = extract_features(check_data_tensor(x, name, arrays=True), space)
+    x = check_data_tensor(x, name, ndim=2, arrays=True)
+    return x.detach().to("cpu", torch.float64)
 
 
 @dataclass
@@ -101,6 +100,8 @@ def mode_coverage(samples, centers, std: float, num_std: float = 3.0, min_count:
     x, c = _features(samples, "samples"), _features(centers, "centers")
     if x.shape[1] != c.shape[1]:
         raise DataError(f"samples have {x.shape[1]} dimensions but the modes {c.shape[1]}")
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (std, num_std, min_count)):
+        raise DataError(f"std, num_std and min_count must be numbers; got std={std!r}, num_std={num_std!r}, min_count={min_count!r}")
     if not std > 0 or min_count < 1:
         raise DataError(f"std must be positive and min_count >= 1; got std={std}, min_count={min_count}")
     dist, nearest = torch.cdist(x, c).min(1)

@@ -49,6 +49,7 @@ from pyro.ops.indexing import Vindex
 from torch import nn
 
 from pyro_gen.errors import ConfigError, DataError
+from pyro_gen.models.checks import check_data_tensor
 
 DATA_PLATE = "data"
 COVARIANCES = ("diag", "full")
@@ -233,7 +234,10 @@ class GaussianMixture(nn.Module):
     def check_data(self, x) -> None:
         """Raise :class:`DataError` unless ``x`` is a finite ``(N, D)`` tensor with this model's ``D``."""
         if not torch.is_tensor(x):
-            raise DataError(f"data must be a torch.Tensor of shape (N, {self.dim}), got {type(x).__name__}")
+            raise DataError(
+                f"data must be a torch.Tensor of shape (N, {self.dim}), got {type(x).__name__}: convert it with torch.as_tensor(x).float()"
+            )
+        check_data_tensor(x, "x", values=False, allow_empty=True)  # floating dtype, not on the meta device
         if x.dim() != 2:
             raise DataError(
                 f"a Gaussian mixture needs 2-D data of shape (N, D) = (points, coordinates); got shape {tuple(x.shape)}. "
@@ -241,6 +245,8 @@ class GaussianMixture(nn.Module):
             )
         if x.shape[1] != self.dim:
             raise DataError(f"data has {x.shape[1]} coordinates per point but the model was built with dim={self.dim}")
+        if len(x) == 0:
+            raise DataError(f"x has no points (shape {tuple(x.shape)}): give at least one")
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).sum())
             raise DataError(f"the data contain {bad} NaN or infinite values; clean or impute them before fitting")
@@ -307,6 +313,9 @@ class GaussianMixture(nn.Module):
 
         ``params`` maps the global sites to values, optionally with leading batch dims (e.g. draws).
         """
+        locs = params.get("locs") if isinstance(params, dict) else None
+        if torch.is_tensor(x) and torch.is_tensor(locs) and (x.dtype != locs.dtype or x.device != locs.device):
+            check_data_tensor(x, "x", dtype=locs.dtype, device=locs.device, values=False, owner="mixture")
         return self.joint_log_prob(x, params).logsumexp(-1)
 
     def responsibilities(self, x: torch.Tensor, params: dict) -> torch.Tensor:

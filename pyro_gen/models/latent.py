@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from pyro_gen.errors import ConfigError, DataError
-from pyro_gen.models.checks import check_batch, values_already_checked
+from pyro_gen.models.checks import check_batch, check_data_tensor, values_already_checked
 from pyro_gen.models.likelihoods import Likelihood
 
 DATA_PLATE = "data"
@@ -167,11 +167,16 @@ class LatentModel(nn.Module):
         return self._moved_priors[key]
 
     def _device(self) -> torch.device:
+        ref = self._reference_tensor()
+        return torch.device("cpu") if ref is None else ref.device
+
+    def _reference_tensor(self) -> torch.Tensor | None:
+        """The first parameter (else buffer): its device and dtype are the ones data must have."""
         for t in self.parameters():
-            return t.device
+            return t
         for t in self.buffers():
-            return t.device
-        return torch.device("cpu")
+            return t
+        return None
 
     # -- the program -----------------------------------------------------------
     def data_plate(self, batch_size: int, data_size: int | None = None) -> pyro.plate:
@@ -181,8 +186,16 @@ class LatentModel(nn.Module):
         return pyro.plate(DATA_PLATE, data_size, subsample=torch.arange(batch_size, device=self._device()), dim=-1)
 
     def check_data(self, x: torch.Tensor) -> None:
-        """Raise :class:`DataError` for a batch of the wrong shape, with NaN/inf, or outside the likelihood's support."""
-        check_batch(x, self.data_shape, "model")
+        """Raise :class:`DataError` for a batch that is not a tensor ``(batch, *data_shape)`` of the parameters' dtype
+        and device, that is empty, has NaN/inf, or lies outside the likelihood's support.
+
+        Runs on every batch: the type, shape, dtype and device checks cost no pass over the values, and
+        the likelihood's value check is skipped inside :func:`~pyro_gen.models.checks.checked_dataset`.
+        """
+        ref = self._reference_tensor()
+        check_batch(x, self.data_shape, "model", dtype=None if ref is None else ref.dtype)
+        if ref is not None and x.device != ref.device:
+            check_data_tensor(x, "x", device=ref.device, values=False)
         if not values_already_checked():
             self.likelihood.validate(x)  # NaN / inf included
 
@@ -215,7 +228,9 @@ class LatentModel(nn.Module):
             self.check_data(x)
             batch_size = x.shape[0]
         elif batch_size is None:
-            raise ValueError("call the model with data x, or with batch_size=n to generate n datapoints")
+            raise ConfigError("call the model with data x, or with batch_size=n to generate n datapoints")
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer (the number of datapoints to generate), got {batch_size!r}")
         values = [None] * len(self.latents)
         for i, lat in enumerate(self.latents):
             if not lat.local:
