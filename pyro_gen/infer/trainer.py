@@ -36,7 +36,7 @@ from pyro_gen.errors import ConfigError, DataError, RunDirError, TrainingDiverge
 from pyro_gen.infer.objectives import as_objective, make_objective
 from pyro_gen.infer.traces import check_sites, get_traces
 from pyro_gen.io import atomic_path
-from pyro_gen.models.checks import checked_dataset
+from pyro_gen.models.checks import check_data_tensor, check_labels, checked_dataset
 
 CHECKPOINT_FORMAT = "pyro_gen-checkpoint-1"
 
@@ -53,10 +53,12 @@ class TensorBatches:
     def __init__(
         self, x: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0, transform=None, drop_last: bool = False, y=None
     ):
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        if y is not None and len(y) != len(x):
-            raise ConfigError(f"got {len(y)} labels for {len(x)} datapoints")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        # no pass over the values here: the trainer checks them once per dataset with the model's own check
+        check_data_tensor(x, "x", values=False)
+        if y is not None:
+            check_labels(y, len(x), "y")
         self.y = y
         self.x, self.batch_size, self.shuffle, self.seed, self.transform, self.drop_last = (
             x,
@@ -98,8 +100,11 @@ def _as_batches(data, batch_size: int, shuffle: bool, seed: int, labels: bool = 
     ``labels``), or any iterable of batches."""
     if data is None or isinstance(data, TensorBatches):
         return data
-    if torch.is_tensor(data):
-        return TensorBatches(data, batch_size, shuffle, seed)
+    if torch.is_tensor(data) or isinstance(data, np.ndarray):
+        return TensorBatches(data, batch_size, shuffle, seed)  # it refuses an array with the fix
+    if isinstance(data, (list, tuple)) and not (data and torch.is_tensor(_first(data[0]))):
+        what = "an empty list" if not data else f"a list of {type(data[0]).__name__} (not of batch tensors)"
+        raise DataError(f"the data are {what}: give a tensor (torch.tensor(data, dtype=torch.float32)) or a list of batch tensors")
     if hasattr(data, "x") and torch.is_tensor(data.x):
         y = getattr(data, "y", None) if labels else None
         return TensorBatches(data.x, batch_size, shuffle, seed, transform=getattr(data, "transform_batch", None), y=y)
