@@ -17,25 +17,51 @@ own networks (the critic); the checkpoint holds its state and every optimizer's.
 
 Checkpoints hold tensors and plain Python values only and are read with
 ``torch.load(..., weights_only=True)``: a run directory from someone else cannot run code.
+
+Reliability (the run layer builds on these):
+
+* every checkpoint carries the SHA-256 of its bytes (:func:`save_checkpoint`); a damaged file is refused
+  by name (:class:`~pyro_gen.errors.CheckpointCorruptError`), never loaded; first-release files still load;
+* a full disk or read-only file system gives one :class:`~pyro_gen.errors.StorageError` naming the file,
+  with the previous file kept (:func:`~pyro_gen.io.atomic_path`, the metrics append);
+* :meth:`Trainer.fit` holds the run directory's :func:`~pyro_gen.io.run_lock`, sweeps the temporary
+  files of a killed run, and stops on SIGINT / SIGTERM at the next batch with a checkpoint that resumes
+  exactly (:class:`~pyro_gen.errors.TrainingInterrupted`); after ``kill -9`` the directory resumes to the
+  same weights, a torn last line of ``metrics.jsonl`` being dropped;
+* a finite blow-up of the loss is a :class:`~pyro_gen.errors.TrainingDivergedError`, like a NaN.
 """
 
+import contextlib
+import hashlib
+import hmac
 import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterable
 from contextlib import ExitStack
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
 
-from pyro_gen.errors import ConfigError, DataError, RunDirError, TrainingDivergedError
+from pyro_gen.errors import (
+    CheckpointCorruptError,
+    ConfigError,
+    DataError,
+    DeviceUnavailableError,
+    RunDirError,
+    TrainingDivergedError,
+    TrainingInterrupted,
+)
 from pyro_gen.infer.objectives import as_objective, make_objective
 from pyro_gen.infer.traces import check_sites, get_traces
-from pyro_gen.io import atomic_path
+from pyro_gen.io import atomic_path, remove_stale_temporaries, run_lock, storage_error
 from pyro_gen.models.checks import check_data_tensor, check_labels, checked_dataset
 
 CHECKPOINT_FORMAT = "pyro_gen-checkpoint-1"
@@ -82,17 +108,56 @@ class TensorBatches:
         return len(self.x)
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        n = len(self.x)
-        order = torch.randperm(n, generator=g) if self.shuffle else None
-        for i in range(len(self)):
-            idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            batch = self.x[order[idx]] if order is not None else self.x[idx]
-            batch = self.transform(batch, g) if self.transform is not None else batch
-            if self.y is None:
-                yield batch
-            else:
-                yield batch, (self.y[order[idx]] if order is not None else self.y[idx])
+        return _EpochBatches(self)
+
+    def iter_from(self, batch: int, generator_state: torch.Tensor) -> "_EpochBatches":
+        """The rest of the current epoch from batch ``batch`` (0-based), exactly as an uninterrupted pass continues.
+
+        ``generator_state`` is :meth:`_EpochBatches.state`'s ``"generator"`` after the last consumed batch:
+        the order is redrawn from ``(seed, epoch)`` as always, then the generator is put where the
+        transforms of the skipped batches left it, so the remaining batches and their random
+        transforms (dynamic binarization) are the very ones the interrupted pass would have made.
+        """
+        if not 0 <= batch <= len(self):
+            raise RunDirError(f"cannot resume at batch {batch} of an epoch of {len(self)} batches: the data or batch size changed")
+        return _EpochBatches(self, start=batch, generator_state=generator_state)
+
+
+class _EpochBatches:
+    """One epoch's pass over a :class:`TensorBatches`; knows how far it got, so a checkpoint can record it.
+
+    The epoch's generator draws the order first, then each batch's transform in turn; between two
+    batches its state is all that the rest of the epoch depends on.
+    """
+
+    def __init__(self, batches: TensorBatches, start: int = 0, generator_state: torch.Tensor | None = None):
+        self.batches, self.position, self.length = batches, start, len(batches)
+        self.generator = torch.Generator().manual_seed(batches.seed * 1_000_003 + batches.epoch)
+        self.order = torch.randperm(len(batches.x), generator=self.generator) if batches.shuffle else None
+        if generator_state is not None:
+            self.generator.set_state(generator_state)
+
+    def __iter__(self):
+        return self
+
+    def __len__(self):
+        return self.length - self.position
+
+    def __next__(self):
+        if self.position >= self.length:
+            raise StopIteration
+        b, i = self.batches, self.position
+        idx = slice(i * b.batch_size, (i + 1) * b.batch_size)
+        batch = b.x[self.order[idx]] if self.order is not None else b.x[idx]
+        batch = b.transform(batch, self.generator) if b.transform is not None else batch
+        self.position += 1
+        if b.y is None:
+            return batch
+        return batch, (b.y[self.order[idx]] if self.order is not None else b.y[idx])
+
+    def state(self) -> dict:
+        """Where the pass stands: batches consumed and the generator's state after them (weights_only-safe)."""
+        return {"batch": self.position, "generator": self.generator.get_state()}
 
 
 def _as_batches(data, batch_size: int, shuffle: bool, seed: int, labels: bool = False):
@@ -157,23 +222,152 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# -- checkpoint files --------------------------------------------------------------------------
+#: A checkpoint file written by :func:`save_checkpoint` is the ``torch.save`` payload followed by this
+#: prefix, the SHA-256 hex digest of the payload and a newline. The digest goes last, not first, because
+#: torch's zip reader ignores bytes after the archive: ``torch.load("last.pt", weights_only=True)`` keeps
+#: working on the file itself, for scripts and tools that read checkpoints directly. Files of the first
+#: release are bare torch zip files with no trailer; they still load, without the integrity check.
+CHECKPOINT_TRAILER = b"\nPYROGEN-CKPT-2 sha256 "
+_TRAILER_LENGTH = len(CHECKPOINT_TRAILER) + 64 + 1  # the prefix, 64 lowercase hex digits, a newline
+_ZIP_SIGNATURE = b"PK\x03\x04"
+#: The key :func:`save_checkpoint` adds to the payload: a file whose payload has it but whose trailer is
+#: missing or mangled is damaged, not a first-release checkpoint (so a flip in the trailer is caught too).
+INTEGRITY_KEY = "integrity"
+
+
 def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file.
+
+    A bare torch file, for any object; trainer checkpoints go through :func:`save_checkpoint`, which adds a digest.
+
+    :raises StorageError: the disk is full or read-only; the previous ``path`` is kept, the temporary file removed.
+    """
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load a pyro_gen checkpoint safely (``weights_only=True``) and check its format."""
+def save_checkpoint(ckpt: dict, path: Path) -> None:
+    """Write ``ckpt`` atomically, as its ``torch.save`` payload then :data:`CHECKPOINT_TRAILER` and the payload's SHA-256.
+
+    The digest turns every kind of damage (a truncated copy, a flipped bit on disk or in transit,
+    an edit) into a refusal by :func:`load_checkpoint` instead of silently wrong weights; torch's
+    zip container checks no such thing. The file is ``fsync``'d before the rename, so that after a
+    crash of the machine the name points at complete bytes, and so that a full disk that only shows
+    at write-back (network file systems) is reported here, while the previous file still stands.
+
+    :raises StorageError: the disk is full or read-only; the previous ``path`` is kept, the temporary file removed.
+    """
+    buffer = BytesIO()
+    torch.save({**ckpt, INTEGRITY_KEY: "sha256"}, buffer)
+    payload = buffer.getbuffer()
+    digest = hashlib.sha256(payload).hexdigest().encode("ascii")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(payload)
+        f.write(CHECKPOINT_TRAILER + digest + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _damage_hint(path: Path) -> str:
+    if path.name == "last.pt":
+        return f"resume from best.pt instead (copy {path.with_name('best.pt')} over {path}; training continues from its epoch) or retrain"
+    if path.name == "best.pt":
+        return f"use {path.with_name('last.pt')} instead, or retrain"
+    return "use another checkpoint of the run (best.pt or last.pt), or retrain"
+
+
+def decode_checkpoint(data: bytes, path, map_location="cpu") -> dict:
+    """The checkpoint in the file bytes ``data``, its digest verified; what :func:`load_checkpoint` does after reading.
+
+    :param path: the file ``data`` was read from, for the messages.
+    :raises CheckpointCorruptError: any damage: every one-bit flip anywhere in a file written by
+        :func:`save_checkpoint` (payload or trailer) lands here, as do truncation, zeroing and
+        files that are no torch file at all.
+    :raises RunDirError: a readable torch file that is not a pyro_gen checkpoint.
+    """
+    path = Path(path)
+    damaged = f"so it was not loaded; {_damage_hint(path)}"
+    tail = data[-_TRAILER_LENGTH:]
+    if len(data) > _TRAILER_LENGTH and tail.startswith(CHECKPOINT_TRAILER) and tail.endswith(b"\n"):
+        payload = memoryview(data)[:-_TRAILER_LENGTH]
+        # compare the exact bytes: an upper-case hex digit is a flipped bit, not the same digest
+        if not hmac.compare_digest(hashlib.sha256(payload).hexdigest().encode(), tail[len(CHECKPOINT_TRAILER) : -1]):
+            raise CheckpointCorruptError(
+                f"{path} is damaged: its bytes do not match the SHA-256 digest written with them (a truncated or altered copy, "
+                f"or a disk error), {damaged}",
+                path,
+            )
+        verified = True
+    elif data.startswith(_ZIP_SIGNATURE):
+        payload, verified = data, False  # a first-release checkpoint (no trailer), or one whose trailer is damaged: see below
+    elif not data:
+        raise CheckpointCorruptError(f"{path} is empty (0 bytes), {damaged}", path)
+    else:
+        raise CheckpointCorruptError(f"{path} is not a pyro_gen checkpoint, or it is damaged: it is no torch file, {damaged}", path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise RunDirError(f"no checkpoint at {path}; is this a pyro_gen run directory that finished an epoch?") from None
-    except Exception as e:  # pickle errors, truncated files, foreign objects
-        raise RunDirError(f"{path} is not a readable pyro_gen checkpoint ({type(e).__name__}: {e})") from None
+        ckpt = torch.load(BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors, truncated first-release files, foreign objects
+        raise CheckpointCorruptError(
+            f"{path} is not a readable pyro_gen checkpoint ({type(e).__name__}: {e}), or it is damaged; {_damage_hint(path)}", path
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise RunDirError(f"{path} is not a pyro_gen checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    if not verified and INTEGRITY_KEY in ckpt:
+        raise CheckpointCorruptError(
+            f"{path} is damaged: it was written with a SHA-256 digest at its end, and that digest is missing or mangled "
+            f"(a truncated copy or a disk error), {damaged}",
+            path,
+        )
+    ckpt.pop(INTEGRITY_KEY, None)
     return ckpt
+
+
+def require_device(device, purpose: str = "use it") -> None:
+    """Refuse a CUDA device that this machine lacks, before anything is blamed on a file.
+
+    :param device: a device string or ``torch.device``; anything else (a ``map_location`` dict or callable) is not checked.
+    :raises DeviceUnavailableError: a ``ConfigError`` the caller can catch to reword with its own flag.
+    """
+    if not isinstance(device, (str, torch.device)):
+        return
+    d = torch.device(device)
+    if d.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            f"device {str(device)!r} was asked for to {purpose}, but torch sees no CUDA device on this machine "
+            "(torch.cuda.is_available() is False); use device='cpu'",
+            device=str(device),
+        )
+    if d.index is not None and d.index >= torch.cuda.device_count():
+        raise DeviceUnavailableError(
+            f"device {str(device)!r} was asked for to {purpose}, but torch sees {torch.cuda.device_count()} CUDA device(s); "
+            f"use one of cuda:0 ... cuda:{torch.cuda.device_count() - 1}",
+            device=str(device),
+        )
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load a pyro_gen checkpoint safely and check it.
+
+    The file's digest is verified first (:func:`decode_checkpoint`), then the payload is read with
+    ``torch.load(..., weights_only=True)``, which builds tensors and plain values only: no code from
+    the file runs. Checkpoints of the first release (no digest) still load.
+
+    :raises DeviceUnavailableError: ``map_location`` is a CUDA device this machine lacks (the file is not blamed).
+    :raises CheckpointCorruptError: the file is damaged or no checkpoint (a :class:`RunDirError`).
+    :raises RunDirError: the file is missing or unreadable, or holds something else than a pyro_gen checkpoint.
+    """
+    path = Path(path)
+    require_device(map_location, f"load {path}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RunDirError(f"no checkpoint at {path}; is this a pyro_gen run directory that finished an epoch?") from None
+    except OSError as e:
+        raise RunDirError(f"{path} could not be read ({e.strerror or e})") from None
+    return decode_checkpoint(data, path, map_location)
 
 
 def initialize(model, guide, x: torch.Tensor) -> None:
@@ -195,6 +389,63 @@ def initialize(model, guide, x: torch.Tensor) -> None:
         check_sites(model_trace, guide_trace)
 
 
+# -- stopping on a signal ------------------------------------------------------------------------
+class _StopRequests:
+    """SIGINT / SIGTERM handlers for the length of one fit: the first signal asks for a stop, the second stops at once.
+
+    The first signal only sets :attr:`signum`; the loop looks at it after each batch (a safe point:
+    the optimizer has stepped, nothing is half-updated) and saves a checkpoint it resumes from
+    exactly. A second signal restores the previous handlers and raises ``KeyboardInterrupt`` where the
+    program is: files are written atomically, so that leaves the last checkpoint intact.
+
+    Signals are only caught in the main thread (Python delivers them there and nowhere else), and a
+    signal the process was told to ignore (``nohup``, a background job's SIGINT) stays ignored.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool):
+        self.signum: int | None = None
+        self._previous: dict = {}
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    @property
+    def name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+    def __enter__(self) -> "_StopRequests":
+        if not self.enabled:
+            return self
+        for s in self.SIGNALS:
+            previous = signal.getsignal(s)
+            if previous is signal.SIG_IGN or previous is None:  # ignored, or a handler not set from Python: leave it
+                continue
+            self._previous[s] = previous
+            signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            # os.write, not print: a handler may run in the middle of another write to stderr
+            os.write(
+                2,
+                f"\npyro_gen: {signal.Signals(signum).name} received; stopping after the current batch and saving a checkpoint "
+                "to resume from (send it again to stop at once)\n".encode(),
+            )
+            return
+        self._restore()
+        raise KeyboardInterrupt
+
+    def _restore(self) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
 #: Learning-rate schedules of :class:`Trainer`.
 LR_SCHEDULES = ("constant", "linear")
 
@@ -214,6 +465,7 @@ class Trainer:
     :param device: ``"cpu"`` or ``"cuda"`` (or a ``torch.device``); modules and batches move there.
     :param seed: seeds every generator; shuffling is derived from ``(seed, epoch)``.
     :param run_dir: where ``metrics.jsonl`` and checkpoints go (nothing is written when ``None``).
+        :meth:`fit` holds the directory's :func:`~pyro_gen.io.run_lock` while it runs.
     :param patience: stop after this many epochs without a better validation loss.
     :param progress: show a progress bar per epoch.
     :param clip_norm: optional gradient-norm clipping.
@@ -222,6 +474,11 @@ class Trainer:
         ``lr * (1 - b / B)``), as in the WGAN-GP reference code (Gulrajani et al. 2017). For GANs
         on the 2-D mixtures it is what turns blurred modes into sharp ones (BENCHMARKS.md §7). The
         rate is a function of the batch index, so a resumed run continues the same schedule.
+    :param divergence_factor: a single-player objective's run is stopped as diverged when an epoch's
+        mean training loss exceeds the loss at initialization ``L0`` (that of the first batch, before
+        any step) by more than ``divergence_factor * max(|L0|, 1)``; ``None`` turns the check off.
+        See :meth:`_check_blow_up` for why 100 cannot fire on healthy training.
+    :raises DeviceUnavailableError: ``device`` is CUDA and this machine has none (a ``ConfigError``).
     """
 
     def __init__(
@@ -240,6 +497,7 @@ class Trainer:
         progress: bool = True,
         clip_norm: float | None = None,
         lr_schedule: str = "constant",
+        divergence_factor: float | None = 100.0,
     ):
         if lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(map(repr, LR_SCHEDULES))}")
@@ -253,14 +511,17 @@ class Trainer:
             )
         self.lr, self.batch_size, self.epochs, self.seed = lr, batch_size, epochs, seed
         self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+        require_device(self.device, "train")
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.patience, self.progress, self.clip_norm = patience, progress, clip_norm
+        self.divergence_factor = divergence_factor
         self.optimizer = None
         # multi-player objectives: the declared players and one optimizer per player
         self.players, self.optimizers = None, None
         self.history: list[dict] = []
+        # the loss of the run's first batch before any step (divergence reference), and what last.pt holds now
+        self._initial_loss: float | None = None
+        self._saved: str | None = None
 
     # -- helpers -------------------------------------------------------------
     def _modules(self) -> list[torch.nn.Module]:
@@ -325,7 +586,8 @@ class Trainer:
             count += len(x)
         return total / max(count, 1)
 
-    def _checkpoint(self, epoch: int, best: float, bad_epochs: int) -> dict:
+    def _checkpoint(self, epoch: int, best: float, bad_epochs: int, position: dict | None = None) -> dict:
+        """The checkpoint after ``epoch`` complete epochs; ``position`` adds how far the next one got (mid-epoch)."""
         ckpt = {
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch,
@@ -335,6 +597,9 @@ class Trainer:
             "best_valid": best,
             "bad_epochs": bad_epochs,
             "seed": self.seed,
+            # added after the first release (readers use .get): the divergence reference and the mid-epoch position
+            "initial_loss": self._initial_loss,
+            "position": position,
         }
         if self.players is None:
             ckpt["optimizer"] = self.optimizer.state_dict()
@@ -359,6 +624,7 @@ class Trainer:
             self.guide.load_state_dict(ckpt["guide"])
         if isinstance(self.objective, torch.nn.Module) and "objective" in ckpt:
             self.objective.load_state_dict(ckpt["objective"])
+        self._initial_loss = ckpt.get("initial_loss")  # None in checkpoints of the first release: no blow-up check then
         if self.players is None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             return
@@ -387,7 +653,7 @@ class Trainer:
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
 
-    def _play(self, batch, data_size, epoch: int, step: int, start: int) -> dict[str, float]:
+    def _play(self, batch, data_size, epoch: int, step: int) -> dict[str, float]:
         """One batch of a multi-player objective: each player whose turn it is takes one step on its own loss."""
         values = {}
         for player in self.players:
@@ -397,10 +663,10 @@ class Trainer:
             try:
                 loss = self.objective.player_loss(player.name, self.model, self.guide, batch, data_size)
             except TrainingDivergedError as e:  # e.g. the critic's scores became NaN
-                raise TrainingDivergedError(f"{e} ({where}); {self._kept(epoch, start)}") from None
+                raise TrainingDivergedError(f"{e} ({where}); {self._kept()}") from None
             value = loss.item()
             if not math.isfinite(value):
-                raise TrainingDivergedError(f"the {player.name}'s loss became {value} {where}; {self._kept(epoch, start)}")
+                raise TrainingDivergedError(f"the {player.name}'s loss became {value} {where}; {self._kept()}")
             optimizer = self.optimizers[player.name]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -413,18 +679,64 @@ class Trainer:
         self._step += 1
         return values
 
-    def _kept(self, epoch: int, start: int) -> str:
-        where = f" ({self.run_dir / 'last.pt'} holds epoch {epoch})" if self.run_dir and epoch > start else ""
-        return (
-            f"training stopped and the last good checkpoint is kept{where}. "
-            "Lower the learning rate, clip gradients (clip_norm) or check the data."
-        )
+    def _kept(self) -> str:
+        """What is left to go back to, truthfully: nothing saved, nothing saved yet, or what last.pt holds."""
+        advice = "Lower the learning rate, clip gradients (clip_norm) or check the data."
+        if self.run_dir is None:
+            return f"training stopped; nothing was saved (no run_dir was given). {advice}"
+        if self._saved is None:
+            return f"training stopped before this run wrote any checkpoint to {self.run_dir}. {advice}"
+        return f"training stopped; the last good checkpoint is kept ({self._saved}). {advice}"
+
+    def _check_blow_up(self, train_loss: float, epoch: int) -> None:
+        """Stop a single-player run whose epoch's mean training loss rose far above its loss at initialization.
+
+        A finite blow-up (``lr=10`` on a VAE: a training loss of ~1e12 nats) is no success, but no NaN
+        catches it. The rule: ``train_loss - L0 > divergence_factor * max(|L0|, 1)``, with ``L0`` the
+        first batch's loss before any step. It cannot fire on healthy training: a likelihood objective
+        starts from its worst point and moves down (negative losses of continuous data only move further
+        from the threshold, which lies above ``L0``); what can legitimately raise a mean training loss
+        above ``L0`` (minibatch noise, Adam's first steps, a KL warm-up raising beta from 1/(warm-up+1)
+        to 1, at most a factor of a few) is two orders of magnitude below a rise of 100 x |L0|; and the
+        floor of 1 per datapoint keeps a loss that starts near zero from tripping on noise.
+        """
+        if self.divergence_factor is None or self._initial_loss is None or self.players is not None:
+            return
+        l0 = self._initial_loss
+        if train_loss - l0 > self.divergence_factor * max(abs(l0), 1.0):
+            raise TrainingDivergedError(
+                f"the training loss blew up: its mean over epoch {epoch + 1} is {train_loss:.4g}, against {l0:.4g} at initialization "
+                f"(a rise of more than {self.divergence_factor:g} x max(|{l0:.4g}|, 1)); {self._kept()}"
+            )
 
     # -- the loop --------------------------------------------------------------
     def fit(self, train, valid=None, resume: bool = False) -> list[dict]:
-        """Train; returns one record per epoch (also written to ``run_dir/metrics.jsonl``)."""
-        with pyro.settings.context(module_local_params=True), pyro.validation_enabled(False), ExitStack() as stack:
-            return self._fit(train, valid, resume, stack)
+        """Train; returns one record per epoch (also written to ``run_dir/metrics.jsonl``).
+
+        With a ``run_dir``, the fit holds the directory's :func:`~pyro_gen.io.run_lock` (another process
+        gets :class:`~pyro_gen.errors.RunInUseError`), first removes the temporary files a killed run left
+        there, and, in the main thread, catches SIGINT and SIGTERM: the first signal stops training at the
+        next safe point, writes ``last.pt`` and raises :class:`~pyro_gen.errors.TrainingInterrupted`;
+        ``fit(..., resume=True)`` then continues exactly where it stopped. With
+        :class:`TensorBatches` (tensors and pyro_gen datasets are turned into those) that point is the end
+        of the current batch; other iterables cannot skip ahead to a batch, so they stop at the end of the
+        current epoch. A second signal stops at once (``KeyboardInterrupt``); ``last.pt`` then holds the
+        last completed epoch. After a ``kill -9`` the directory resumes the same way.
+
+        :raises TrainingInterrupted: on SIGINT / SIGTERM, after saving ``last.pt``; ``.epoch`` and ``.batch`` say where.
+        :raises TrainingDivergedError: the loss became NaN or infinite, or blew up (see ``divergence_factor``).
+        :raises RunInUseError: another process holds ``run_dir``.
+        :raises StorageError: a checkpoint or ``metrics.jsonl`` could not be written (disk full, read-only).
+        """
+        with ExitStack() as stack:
+            if self.run_dir is not None:
+                stack.enter_context(run_lock(self.run_dir))
+                # ours alone now: any temporary file here is a dead write's (a kill during a save or a metrics rewrite)
+                remove_stale_temporaries(self.run_dir, extra=("metrics.jsonl.tmp",))
+            stack.enter_context(pyro.settings.context(module_local_params=True))
+            stack.enter_context(pyro.validation_enabled(False))
+            stop = stack.enter_context(_StopRequests(enabled=self.run_dir is not None))
+            return self._fit(train, valid, resume, stack, stop)
 
     def _check_datasets_once(self, *batches) -> bool:
         """Validate whole data tensors up front; True when every batch will be an untransformed slice of one.
@@ -449,7 +761,29 @@ class Trainer:
                     raise DataError(f"the {role} data: {e}") from None
         return True
 
-    def _fit(self, train, valid, resume, stack):
+    def _epoch_batches(self, train_batches, position: dict | None):
+        """The epoch's batch iterator, positioned after ``position["batch"]`` batches when resuming mid-epoch."""
+        if position is None:
+            return iter(train_batches)
+        if not isinstance(train_batches, TensorBatches) or position.get("num_datapoints") != len(train_batches.x):
+            raise RunDirError(
+                f"{self.run_dir / 'last.pt'} was saved in the middle of epoch {position['epoch'] + 1} (after batch {position['batch']}) "
+                f"of a {position.get('num_datapoints')}-point tensor dataset; resume it with the same training data"
+            )
+        if position.get("batch_size") != train_batches.batch_size:
+            raise RunDirError(
+                f"{self.run_dir / 'last.pt'} was saved in the middle of an epoch of batches of {position.get('batch_size')}; "
+                f"resume it with that batch size, not {train_batches.batch_size}"
+            )
+        return train_batches.iter_from(position["batch"], position["generator"])
+
+    def _save_last(self, ckpt: dict, improved: bool, where: str) -> None:
+        if improved:
+            save_checkpoint(ckpt, self.run_dir / "best.pt")
+        save_checkpoint(ckpt, self.run_dir / "last.pt")
+        self._saved = f"{self.run_dir / 'last.pt'} holds {where}"
+
+    def _fit(self, train, valid, resume, stack, stop):
         from tqdm.auto import tqdm
 
         pyro.set_rng_seed(self.seed)
@@ -464,16 +798,17 @@ class Trainer:
         if self._check_datasets_once(train_batches, valid_batches):
             stack.enter_context(checked_dataset())
         self._setup_optimizers()
-        batches_per_epoch = None
-        if self.lr_schedule != "constant":
-            try:
-                batches_per_epoch = len(train_batches)
-            except TypeError:
-                raise ConfigError(
-                    f"lr_schedule={self.lr_schedule!r} needs to know the run's length: give the training data as a tensor, a "
-                    "dataset or TensorBatches (an iterable with len()), or use lr_schedule='constant'"
-                ) from None
-        start, best, bad_epochs = 0, math.inf, 0
+        try:
+            batches_per_epoch = len(train_batches)
+        except TypeError:
+            batches_per_epoch = None
+        if self.lr_schedule != "constant" and batches_per_epoch is None:
+            raise ConfigError(
+                f"lr_schedule={self.lr_schedule!r} needs to know the run's length: give the training data as a tensor, a "
+                "dataset or TensorBatches (an iterable with len()), or use lr_schedule='constant'"
+            )
+        start, best, bad_epochs, position = 0, math.inf, 0, None
+        self._initial_loss, self._saved = None, None
         metrics_path = self.run_dir / "metrics.jsonl" if self.run_dir else None
         if self.run_dir:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -484,13 +819,17 @@ class Trainer:
             self._restore(ckpt)
             set_rng_state(ckpt["rng"])
             start, best, bad_epochs = ckpt["epoch"], ckpt["best_valid"], ckpt["bad_epochs"]
+            position = ckpt.get("position")
+            where = f"epoch {start}" if position is None else f"epoch {start + 1} up to batch {position['batch']}"
+            self._saved = f"{self.run_dir / 'last.pt'} holds {where}, where this run resumed"
             self.history = _read_metrics(metrics_path, upto=start)
-            _write_metrics(metrics_path, self.history)  # drop epochs past the checkpoint
+            _write_metrics(metrics_path, self.history)  # drop epochs past the checkpoint, and a torn last line
         else:
             self.history = []  # a fresh fit starts a new history, as it starts a new metrics.jsonl
             if metrics_path is not None and metrics_path.exists():
                 metrics_path.unlink()
 
+        multi = self.players is not None
         for epoch in range(start, self.epochs):
             if hasattr(train_batches, "set_epoch"):
                 train_batches.set_epoch(epoch)
@@ -498,55 +837,76 @@ class Trainer:
                 self.objective.set_epoch(epoch)
             for module in self._modules():
                 module.train()
-            t0 = time.perf_counter()
-            total, count, sums, player_sums = 0.0, 0, {}, {}
-            bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.progress, leave=False, mininterval=1.0)
-            multi = self.players is not None
-            for step, batch in enumerate(bar):
-                if batches_per_epoch is not None:
+            # the epoch's running sums, continued from the checkpoint when it was saved mid-epoch
+            resumed = position if (position is not None and epoch == start) else None
+            batches = self._epoch_batches(train_batches, resumed)
+            first_step = resumed["batch"] if resumed else 0
+            total, count = (resumed["total"], resumed["count"]) if resumed else (0.0, 0)
+            sums = dict(resumed["sums"]) if resumed else {}
+            player_sums = {k: tuple(v) for k, v in resumed["player_sums"].items()} if resumed else {}
+            t0 = time.perf_counter() - (resumed["seconds"] if resumed else 0.0)
+            # only an _EpochBatches pass can be saved mid-epoch; any other iterable stops at the epoch's end
+            skippable = isinstance(batches, _EpochBatches)
+            bar = tqdm(
+                batches,
+                desc=f"epoch {epoch + 1}/{self.epochs}",
+                total=batches_per_epoch,
+                initial=first_step,
+                disable=not self.progress,
+                leave=False,
+                mininterval=1.0,
+            )
+            for step, batch in enumerate(bar, start=first_step):
+                if batches_per_epoch is not None and self.lr_schedule != "constant":
                     self._schedule(epoch * batches_per_epoch + step, self.epochs * batches_per_epoch)
                 if multi:
                     batch = _to_device(batch, self.device)
                     x = _first(batch)
-                    values = self._play(batch, data_size, epoch, step, start)
+                    values = self._play(batch, data_size, epoch, step)
                     for name, value in values.items():
                         s, c = player_sums.get(name, (0.0, 0))
                         player_sums[name] = (s + value * len(x), c + len(x))
-                    for k, v in self.objective.last_metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v * len(x)
-                    count += len(x)
                     if step % 50 == 0 and values:
                         bar.set_postfix({f"{k}_loss": f"{v:.3f}" for k, v in values.items()})
-                    continue
-                x = _first(batch).to(self.device, non_blocking=True)
-                loss = self._step_loss(x, data_size)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise TrainingDivergedError(
-                        f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; {self._kept(epoch, start)}"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.clip_norm:
-                    torch.nn.utils.clip_grad_norm_(self.parameters(), self.clip_norm)
-                self.optimizer.step()
-                total += value * len(x)
+                else:
+                    x = _first(batch).to(self.device, non_blocking=True)
+                    loss = self._step_loss(x, data_size)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise TrainingDivergedError(f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; {self._kept()}")
+                    if self._initial_loss is None and not resume:
+                        self._initial_loss = value  # the loss at initialization: the blow-up check's reference
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if self.clip_norm:
+                        torch.nn.utils.clip_grad_norm_(self.parameters(), self.clip_norm)
+                    self.optimizer.step()
+                    total += value * len(x)
+                    if step % 50 == 0:
+                        bar.set_postfix(loss=f"{value:.3f}")
                 count += len(x)
                 for k, v in self.objective.last_metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * len(x)
-                if step % 50 == 0:
-                    bar.set_postfix(loss=f"{value:.3f}")
+                if stop.signum is not None and skippable and batches.position < batches.length:
+                    # a safe point: save where this epoch stands, so that resuming continues with its next batch
+                    bar.close()
+                    self._interrupt_mid_epoch(
+                        stop, epoch, best, bad_epochs, batches, total, count, sums, player_sums, time.perf_counter() - t0
+                    )
+            bar.close()
             seconds = time.perf_counter() - t0
             # a finite loss can still give a non-finite gradient; never checkpoint NaN parameters as "good"
             if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
                 raise TrainingDivergedError(
-                    f"the parameters became NaN or infinite at epoch {epoch + 1} (a non-finite gradient); {self._kept(epoch, start)}"
+                    f"the parameters became NaN or infinite at epoch {epoch + 1} (a non-finite gradient); {self._kept()}"
                 )
             train_loss, losses = total / max(count, 1), {}
             if multi:
                 # each player's mean loss over its steps; the first player's (a GAN's critic) is the train_loss
                 losses = {f"train_{name}_loss": s / c for name, (s, c) in player_sums.items()}
                 train_loss = losses.get(f"train_{self.players[0].name}_loss", math.nan)
+            else:
+                self._check_blow_up(train_loss, epoch)
             record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": seconds, **losses}
             record.update({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()})
             if hasattr(self.objective, "beta_now"):
@@ -565,33 +925,119 @@ class Trainer:
             if self.progress:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             if self.run_dir:
+                # the record goes first: a kill between the two leaves a record past last.pt, which resuming drops
                 _append_metrics(metrics_path, record)
-                ckpt = self._checkpoint(epoch + 1, best, bad_epochs)
-                if improved:
-                    atomic_save(ckpt, self.run_dir / "best.pt")
-                atomic_save(ckpt, self.run_dir / "last.pt")
+                self._save_last(self._checkpoint(epoch + 1, best, bad_epochs), improved, f"the end of epoch {epoch + 1}")
             if self.patience is not None and bad_epochs >= self.patience:
                 if self.progress:
                     tqdm.write(f"early stopping: no validation improvement in {self.patience} epochs")
                 break
+            if stop.signum is not None and epoch + 1 < self.epochs:
+                raise TrainingInterrupted(
+                    f"training stopped on {stop.name} at the end of epoch {epoch + 1} of {self.epochs}; "
+                    f"{self.run_dir / 'last.pt'} holds it, and resuming (fit(resume=True), --resume) continues from there exactly",
+                    signal_name=stop.name,
+                    epoch=epoch + 1,
+                    batch=None,
+                    checkpoint=self.run_dir / "last.pt",
+                )
         return self.history
 
+    def _interrupt_mid_epoch(self, stop, epoch, best, bad_epochs, batches, total, count, sums, player_sums, seconds):
+        if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):  # never save NaN weights to resume from
+            raise TrainingDivergedError(
+                f"the parameters became NaN or infinite in epoch {epoch + 1} (a non-finite gradient); {self._kept()}"
+            )
+        where = batches.state()
+        position = {
+            "epoch": epoch,  # 0-based, == the checkpoint's "epoch" (completed epochs)
+            "batch": where["batch"],  # batches of this epoch already trained on
+            "generator": where["generator"],  # the epoch generator after them: the next batches' order and transforms
+            "num_datapoints": len(batches.batches.x),
+            "batch_size": batches.batches.batch_size,
+            "total": total,
+            "count": count,
+            "sums": dict(sums),
+            "player_sums": {k: tuple(v) for k, v in player_sums.items()},
+            "seconds": seconds,
+        }
+        path = self.run_dir / "last.pt"
+        save_checkpoint(self._checkpoint(epoch, best, bad_epochs, position), path)
+        self._saved = f"{path} holds epoch {epoch + 1} up to batch {where['batch']}"
+        raise TrainingInterrupted(
+            f"training stopped on {stop.name} in epoch {epoch + 1} of {self.epochs}, after batch {where['batch']} of {batches.length}; "
+            f"{path} holds that point, and resuming (fit(resume=True), --resume) continues from the next batch exactly",
+            signal_name=stop.name,
+            epoch=epoch + 1,
+            batch=where["batch"],
+            checkpoint=path,
+        )
 
+
+# -- metrics.jsonl ------------------------------------------------------------------------------
 def _append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one JSON line; on a full disk, cut the file back to its previous end and raise :class:`StorageError`.
+
+    An unbuffered ``os.write`` loop: a buffered file could fail again in ``close()`` and hide the first error.
+    """
+    data = memoryview((json.dumps(record) + "\n").encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # no torn line left behind
+            error = storage_error(e, path)
+            if error is None:
+                raise
+            raise error from e
+    finally:
+        os.close(fd)
 
 
 def _read_metrics(path: Path | None, upto: int) -> list[dict]:
+    """The records of epochs ``<= upto``; a torn last line (a kill during its append) is dropped.
+
+    Every append ends with a newline, so a last line without one was being written when the process
+    died; its epoch's checkpoint was never written (records go first), so nothing is lost. Any other
+    line that is not a JSON object is damage that resuming cannot guess around.
+
+    :raises RunDirError: a damaged line, naming the file, the line number and the fix.
+    """
     if path is None or not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline, as every complete append does
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both
+            raise RunDirError(
+                f"{path}, line {number}, is not a JSON record ({e}): the file is damaged. Delete that line (that epoch's "
+                f"record is then missing from the history) or restore the file, and resume; or retrain"
+            ) from None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise RunDirError(
+                f"{path}, line {number}, is not an epoch record (a JSON object with an integer 'epoch'): the file is damaged. "
+                "Delete that line or restore the file, and resume; or retrain"
+            )
+        records.append(record)
+    if torn.strip():
+        with contextlib.suppress(ValueError):
+            record = json.loads(torn)
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                records.append(record)  # complete but for its newline: keep it (it is dropped below if past upto)
     return [r for r in records if r["epoch"] <= upto]
 
 
 def _write_metrics(path: Path | None, records: list[dict]) -> None:
     if path is None:
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))

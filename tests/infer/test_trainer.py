@@ -6,6 +6,7 @@ of factor-analysis data for learning, and objectives whose loss per epoch is fix
 for the early-stopping and best-checkpoint bookkeeping.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -33,7 +34,7 @@ from pyro_gen import (
     make_likelihood,
     vae,
 )
-from pyro_gen.infer.trainer import CHECKPOINT_FORMAT, atomic_save, initialize, load_checkpoint
+from pyro_gen.infer.trainer import CHECKPOINT_FORMAT, CHECKPOINT_TRAILER, atomic_save, initialize, load_checkpoint
 
 DATA_SHAPE, LATENT, HIDDEN = (6,), 2, (8,)
 
@@ -192,8 +193,12 @@ def test_checkpoints_hold_the_trained_weights_and_load_with_weights_only(tmp_pat
     model, guide = make_pair()
     make_trainer(model, guide, epochs=2, run_dir=tmp_path).fit(binary_data(16), binary_data(8, seed=1))
     for name in ("last.pt", "best.pt"):
-        ckpt = torch.load(tmp_path / name, weights_only=True)
+        ckpt = torch.load(tmp_path / name, weights_only=True)  # torch reads the file itself: the digest trailer is after the zip
         assert ckpt["format"] == CHECKPOINT_FORMAT
+    # the file: a plain torch file, then the trailer with the SHA-256 of everything before it
+    data = (tmp_path / "last.pt").read_bytes()
+    payload, digest = data.rsplit(CHECKPOINT_TRAILER, 1)
+    assert digest == hashlib.sha256(payload).hexdigest().encode() + b"\n"
     last = torch.load(tmp_path / "last.pt", weights_only=True)
     assert last["epoch"] == 2
     assert_same_state(
