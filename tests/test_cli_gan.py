@@ -22,6 +22,7 @@ from cli_support import fails as _fails
 from cli_support import read_jsonl as _read_jsonl
 
 from pyro_gen.cli import main
+from pyro_gen.infer.trainer import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # as in tests/test_cli.py
@@ -141,8 +142,8 @@ def test_train_metrics_jsonl_logs_both_players_per_epoch(gan_run):
 
 def test_train_checkpoints_hold_both_players_and_both_optimizers(gan_run):
     run_dir, _ = gan_run
-    last = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    last = load_checkpoint(run_dir / "last.pt")
+    best = load_checkpoint(run_dir / "best.pt")
     assert last["epoch"] == best["epoch"] == EPOCHS  # without a validation score every epoch is the "best"
     assert set(last["optimizers"]) == {"critic", "generator"}
     assert last["step"] == EPOCHS * (512 // 64)  # full batches only
@@ -197,8 +198,8 @@ def test_resume_continues_both_players_and_optimizers_bit_for_bit(gan_run, tmp_p
     assert [r["epoch"] for r in resumed] == [1, 2]
     for key in ("train_critic_loss", "train_generator_loss", "train_critic_real", "train_critic_fake"):
         assert [r[key] for r in resumed] == [r[key] for r in full], key
-    a = torch.load(run_dir / "last.pt", weights_only=True)
-    b = torch.load(full_dir / "last.pt", weights_only=True)
+    a = load_checkpoint(run_dir / "last.pt")
+    b = load_checkpoint(full_dir / "last.pt")
     assert a["epoch"] == b["epoch"] == EPOCHS and a["step"] == b["step"]
     for part in ("model", "objective", "optimizers"):  # generator; critic and weight average; both Adams
         _assert_same(a[part], b[part], part)
@@ -206,11 +207,10 @@ def test_resume_continues_both_players_and_optimizers_bit_for_bit(gan_run, tmp_p
     assert {k: m[k] for k in COVERAGE_KEYS} == {k: m_full[k] for k in COVERAGE_KEYS}
 
 
-def test_resume_of_a_finished_gan_run_adds_no_epoch(gan_run, tmp_path):
+def test_resume_of_a_finished_gan_run_says_it_is_complete(gan_run, tmp_path, capsys):
     run_dir = _copy_run(gan_run[0], tmp_path)
     before = (run_dir / "metrics.jsonl").read_text()
-    code, out = _run(["train", "--resume", "--run-dir", run_dir])
-    assert code == 0, out
+    assert "is complete" in _fails(["train", "--resume", "--run-dir", run_dir], capsys)
     assert (run_dir / "metrics.jsonl").read_text() == before
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == EPOCHS
 
@@ -307,17 +307,21 @@ def test_dcgan_scores_come_with_an_untrained_generator_and_the_training_split_as
     assert "initial weights" in m["protocol"]["sample_quality"]["references"]["untrained_generator"]
 
 
-def test_a_larger_test_split_is_subsampled_to_as_many_points_as_samples(dcgan_run, tmp_path, monkeypatch):
-    import pyro_gen.run
+def _set_eval(run_dir, **settings) -> None:
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["eval"].update(settings)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
+
+def test_a_larger_test_split_is_subsampled_to_as_many_points_as_samples(dcgan_run, tmp_path):
     run_dir = _copy_run(dcgan_run, tmp_path)
-    monkeypatch.setattr(pyro_gen.run, "QUALITY_SAMPLES", 40)  # fewer than the 400 held-out images
+    _set_eval(run_dir, quality_samples=40)  # fewer than the 400 held-out images
     assert _run(["evaluate", run_dir, "--no-figures"])[0] == 0
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["num_samples"] == 40 and m["protocol"]["sample_quality"]["real"] == 40
     assert "one estimate on all 40 and 40 points" in m["protocol"]["sample_quality"]["kid"] and m["kid_std"] is None
     # sets larger than KID's subsets: mean and spread over random subsets
-    monkeypatch.setattr(pyro_gen.run, "KID_SUBSET_SIZE", 30)
+    _set_eval(run_dir, kid_subset_size=30)
     assert _run(["evaluate", run_dir, "--no-figures"])[0] == 0
     m = json.loads((run_dir / "metrics.json").read_text())
     assert "over 10 random subsets of 30" in m["protocol"]["sample_quality"]["kid"] and m["kid_std"] > 0
@@ -484,30 +488,30 @@ def test_shipped_gan_configs_load_and_pass_the_run_checks(path, data, net, pack)
         ),
         (
             RING8,
-            ["data.name=digits", "data.train_size=500"],
+            ["data.name=digits", "data.train_size=500", "data.test_size=100"],
             "model.net: mlp builds a GAN for vectors (D,), but 'digits' has images of shape (1, 8, 8): use model.net=dcgan",
         ),
-        (RING8, ["objective.name=elbo"], "objective.name 'elbo' is not an adversarial loss"),
-        (RING8, ["objective.name=wasserstein"], "one of minimax, non_saturating, wgan_gp, hinge"),
-        (RING8, ["model.net=conv"], "model.net 'conv' is not a GAN network"),
+        (RING8, ["objective.name=elbo"], "objective.name is 'elbo'; choose one of 'minimax', 'non_saturating', 'wgan_gp', 'hinge'"),
+        (RING8, ["objective.name=wasserstein"], "choose one of 'minimax', 'non_saturating', 'wgan_gp', 'hinge'"),
+        (RING8, ["model.net=conv"], "model.net is 'conv'; choose one of 'mlp', 'dcgan'"),
         (RING8, ["model.conditional=true", "model.pack=2"], "a conditional GAN cannot be packed"),
-        (RING8, ["objective.beta=0.5"], "objective.beta does not apply to model.kind: gan"),
-        (RING8, ["guide.name=planar:2"], "guide.name does not apply to model.kind: gan (a GAN has no guide"),
-        (RING8, ["eval.nll_samples=10"], "eval.nll_samples does not apply to model.kind: gan"),
+        (RING8, ["objective.beta=0.5"], "unknown config key 'objective.beta'"),
+        (RING8, ["guide.name=planar:2"], "config section 'guide' does not apply to model.kind: gan (a GAN has no guide"),
+        (RING8, ["eval.nll_samples=10"], "unknown config key 'eval.nll_samples'"),
         (RING8, ["train.patience=3"], "train.patience stops on a validation score, and a GAN has none"),
         (RING8, ["data.valid_size=100"], "remove data.valid_size"),
         (RING8, ["model.channels=[8]"], "but model.net is 'mlp'"),
         (DCGAN_MNIST, ["data.name=digits", "model.hidden=[64]"], "model.hidden sizes an MLP, but model.net is 'dcgan'"),
         (RING8, ["objective.betas=[0.5]"], "objective.betas must be two numbers in [0, 1)"),
-        (RING8, ["objective.ema_decay=1.0"], "objective.ema_decay must be in [0, 1)"),
-        (RING8, ["objective.n_critic=0"], "objective.n_critic (critic steps per generator step) must be at least 1"),
+        (RING8, ["objective.ema_decay=1.0"], "objective.ema_decay must be >= 0 and < 1"),
+        (RING8, ["objective.n_critic=0"], "objective.n_critic must be >= 1"),
         (RING8, ["data.train_size=100"], "train.batch_size 256 is larger than the 100 training points"),
-        (RING8, ["train.method=nuts"], "a GAN's generator and critic are fitted with train.method: svi"),
-        (QUICKSTART, ["model.pack=4"], "model.pack is an option of a GAN (model.kind: gan)"),
-        (QUICKSTART, ["objective.n_critic=5"], "objective.n_critic is an option of a GAN"),
-        (RING8, ["model.prior=cauchy"], "unknown model.prior 'cauchy'; choose 'normal' (standard Normal z) or 'uniform'"),
-        (QUICKSTART, ["model.prior=uniform"], "model.prior is an option of a GAN"),
-        (QUICKSTART, ["train.lr_schedule=cosine"], "unknown train.lr_schedule 'cosine'; choose 'constant' or 'linear'"),
+        (RING8, ["train.method=nuts"], "unknown config key 'train.method'"),
+        (QUICKSTART, ["model.pack=4"], "unknown config key 'model.pack'"),
+        (QUICKSTART, ["objective.n_critic=5"], "unknown config key 'objective.n_critic'"),
+        (RING8, ["model.prior=cauchy"], "model.prior is 'cauchy'; choose one of 'normal', 'uniform'"),
+        (QUICKSTART, ["model.prior=uniform"], "unknown config key 'model.prior'"),
+        (QUICKSTART, ["train.lr_schedule=cosine"], "train.lr_schedule is 'cosine'; choose one of 'constant', 'linear'"),
     ],
 )
 def test_bad_gan_settings_are_one_clear_line(config, overrides, expected, tmp_path, capsys):
@@ -517,10 +521,10 @@ def test_bad_gan_settings_are_one_clear_line(config, overrides, expected, tmp_pa
 def test_vae_only_commands_refuse_a_gan_run(gan_run, tmp_path, capsys):
     run_dir = _copy_run(gan_run[0], tmp_path)
     message = _fails(["analyze", run_dir], capsys)
-    assert "is a GAN run (model.kind: gan)" in message and "no posterior" in message and "metrics.json" in message
+    assert "'analyze' is not available for model.kind: gan" in message and "no posterior" in message and "metrics.json" in message
     assert "drop --nll-samples" in _fails(["evaluate", run_dir, "--nll-samples", 100], capsys)
     message = _fails(["compare", "--config", RING8, "--guides", "normal", "--out", tmp_path / "cmp"], capsys)
-    assert "compare trains several amortized guides of one VAE" in message and "model.kind 'gan'" in message
+    assert "compare trains several guides of one model, and model.kind: gan has no guide" in message
     assert not (tmp_path / "cmp").exists()
 
 

@@ -42,18 +42,22 @@ class Scores(Mapping):
     """The test scores of a run, as written to ``metrics.json``: one typed record per family.
 
     Subclasses declare their fields (in the order of ``metrics.json``); a field whose JSON key
-    is not an identifier names it in its metadata (``{"key": "khat_share_above_0.7"}``).
+    is not an identifier names it in its metadata (``{"key": "khat_share_above_0.7"}``); fields that
+    apply to some runs only share a ``group`` (see :meth:`to_json`).
     :meth:`summary` is the one line the CLI prints. The record reads like the dict it writes
     (``scores["test_nll"]``), so code that read ``metrics.json`` keeps working.
     """
 
     def to_json(self) -> dict:
-        out = {}
-        for f in dataclasses.fields(self):
-            if f.metadata.get("optional") and getattr(self, f.name) is None:
-                continue
-            out[f.metadata.get("key", f.name)] = getattr(self, f.name)
-        return out
+        """The ``metrics.json`` object. A field in a ``group`` (its metadata) is left out when every field of
+        its group is ``None``: the group does not apply to this run (a NUTS run has no epochs)."""
+        fields = dataclasses.fields(self)
+        present = {f.metadata["group"] for f in fields if "group" in f.metadata and getattr(self, f.name) is not None}
+        return {
+            f.metadata.get("key", f.name): getattr(self, f.name)
+            for f in fields
+            if "group" not in f.metadata or f.metadata["group"] in present
+        }
 
     @classmethod
     def from_json(cls, data: dict):

@@ -16,10 +16,11 @@ import numpy as np
 import pyro
 import torch
 
-from pyro_gen.config import HUGE, setting, size, widths
+from pyro_gen.config import HUGE, EvalConfig, setting, size, widths
 from pyro_gen.errors import ConfigError
 from pyro_gen.families.base import Family, Scores, finite, fit_with_trainer, make_trainer
 from pyro_gen.io import atomic_path
+from pyro_gen.evaluation.gan_scores import draw_samples
 from pyro_gen.run.data import count_parameters, fixed_test_data
 from pyro_gen.rng import seeded
 
@@ -68,22 +69,32 @@ class AdversarialConfig:
 
 
 @dataclass
+class SampleEvalConfig(EvalConfig):
+    """A GAN is scored by its samples: ``quality_samples`` of them against as many real images (Frechet
+    distance, KID, precision / recall: fewer when the real set is smaller), KID over random subsets of
+    ``kid_subset_size`` (Binkowski et al. 2018). The 2-D mixtures use the VEEGAN protocol's 2500 samples."""
+
+    quality_samples: int = size(2000, high=1_000_000)
+    kid_subset_size: int = size(1000, high=1_000_000)
+
+
+@dataclass
 class GANScores(Scores):
     """``metrics.json`` of a GAN run: mode coverage (2-D mixtures) or Frechet distance, KID, precision / recall."""
 
-    modes_covered: int | None = field(default=None, metadata={"optional": True})
-    num_modes: int | None = field(default=None, metadata={"optional": True})
-    high_quality: float | None = field(default=None, metadata={"optional": True})
-    reverse_kl: float | None = field(default=None, metadata={"optional": True})
-    mode_counts: list | None = field(default=None, metadata={"optional": True})
-    frechet_distance: float | None = field(default=None, metadata={"optional": True})
-    kid: float | None = field(default=None, metadata={"optional": True})
-    kid_std: float | None = field(default=None, metadata={"optional": True})
-    precision: float | None = field(default=None, metadata={"optional": True})
-    recall: float | None = field(default=None, metadata={"optional": True})
-    feature_space: str | None = field(default=None, metadata={"optional": True})
-    num_samples: int | None = field(default=None, metadata={"optional": True})
-    references: dict | None = field(default=None, metadata={"optional": True})
+    modes_covered: int | None = field(default=None, metadata={"group": "toy"})
+    num_modes: int | None = field(default=None, metadata={"group": "toy"})
+    high_quality: float | None = field(default=None, metadata={"group": "toy"})
+    reverse_kl: float | None = field(default=None, metadata={"group": "toy"})
+    mode_counts: list | None = field(default=None, metadata={"group": "toy"})
+    frechet_distance: float | None = field(default=None, metadata={"group": "images"})
+    kid: float | None = field(default=None, metadata={"group": "images"})
+    kid_std: float | None = field(default=None, metadata={"group": "images"})
+    precision: float | None = field(default=None, metadata={"group": "images"})
+    recall: float | None = field(default=None, metadata={"group": "images"})
+    feature_space: str | None = field(default=None, metadata={"group": "images"})
+    num_samples: int | None = field(default=None, metadata={"group": "images"})
+    references: dict | None = field(default=None, metadata={"group": "images"})
     epochs: int | None = None
     seconds_per_epoch: float | None = None
     generator_steps: int | None = None
@@ -96,7 +107,7 @@ class GANScores(Scores):
     model: str | None = None
     sampler: str | None = None
     protocol: dict = field(default_factory=dict)
-    latent_arithmetic: dict | None = field(default=None, metadata={"optional": True})
+    latent_arithmetic: dict | None = field(default=None, metadata={"group": "arithmetic"})
 
     def summary(self) -> str:
         if self.modes_covered is not None:
@@ -198,7 +209,7 @@ def gan_batches(config, train_data):
 class GANFamily(Family):
     name = "gan"
     description = "a generator and a critic"
-    sections = {"model": GANModelConfig, "objective": AdversarialConfig}
+    sections = {"model": GANModelConfig, "objective": AdversarialConfig, "eval": SampleEvalConfig}
     absent_sections = {"guide": "a GAN has no guide: its latent codes are not inferred"}
     scores = GANScores
     unsupported = {
@@ -330,7 +341,7 @@ class GANFamily(Family):
     # -- evaluate -------------------------------------------------------------------------------
     def evaluate(self, config, run, options) -> GANScores:
         """Score a GAN by its samples (drawn from :attr:`GANRun.sampler`, seeded with ``train.seed``); write the figures."""
-        from pyro_gen.evaluation.gan_scores import toy_coverage_scores
+        from pyro_gen.evaluation.gan_scores import TOY_DATASETS, toy_coverage_scores
 
         if options.nll_samples is not None:
             raise ConfigError(
@@ -396,53 +407,36 @@ class GANFamily(Family):
         """Class-vector arithmetic for an unconditional GAN on digit images, else ``None`` (also when some digit
         was never drawn: the metric is then missing rather than made up)."""
         from pyro_gen.analysis.latent_arithmetic import MissingClassError, latent_arithmetic
-        from pyro_gen.evaluation.features import DOMAIN_ALIASES, domain_classifier
-        from pyro_gen.evaluation.gan_scores import QUALITY_SAMPLES
+        from pyro_gen.evaluation.features import domain_classifier
+        from pyro_gen.evaluation.gan_scores import digit_domain
 
-        domain = DOMAIN_ALIASES.get(gan_run.config.data.name)
+        domain = digit_domain(gan_run.config.data.name)
         if domain is None or gan_run.generator.num_classes is not None:
             return None
         device = next(gan_run.sampler.parameters()).device
         classifier = domain_classifier(domain, data_dir=gan_run.config.data.data_dir, device=device)
         try:
-            return latent_arithmetic(gan_run.sampler, classifier, rows=8, num_samples=QUALITY_SAMPLES, seed=seed)
+            return latent_arithmetic(gan_run.sampler, classifier, rows=8, num_samples=gan_run.config.eval.quality_samples, seed=seed)
         except MissingClassError:
             return None
 
     @staticmethod
     def _image_quality(gan_run: GANRun, config, seed: int):
-        """Frechet distance, KID and precision / recall of the samples, with two references measured the same way:
-        the untrained generator (the training seed's initial weights: the ceiling) and as many training images
-        (real against real: the floor). Returns ``(scores, protocol, samples, real)``."""
-        from pyro_gen.evaluation.gan_scores import QUALITY_SAMPLES, image_quality_scores, reference_images, sample_feature_space, seeded_subset
+        """Frechet distance, KID and precision / recall of the samples with their two references
+        (:func:`~pyro_gen.evaluation.gan_scores.gan_image_scores`); ``(scores, protocol, samples, real)``."""
+        from pyro_gen.evaluation.gan_scores import gan_image_scores
 
-        space = sample_feature_space(config.data.name, config.data.data_dir)
-        real, real_name = reference_images(config.data, gan_run.splits["test"], space)
-        num = min(QUALITY_SAMPLES, len(real))
-        # as many real points as samples: the k-NN radii of precision / recall depend on a set's size
-        real = seeded_subset(real, num, seed)
-        samples = draw_samples(gan_run.sampler, num, seed)
-        scores, quality = image_quality_scores(samples, real, space, seed)
-        quality["real_set"] = real_name
         device = next(gan_run.generator.parameters()).device
         # the initial weights of the training run (torch's generator only: numpy and random stay untouched)
         with seeded(config.train.seed, device):
             untrained, _ = build_gan(config, gan_run.splits["train"])
         untrained.to(device).eval()
-        train = gan_run.splits["train"]
-        rows = seeded_subset(torch.arange(len(train.x)), num, seed + 1)
-        train_images = fixed_test_data(train, config.data.seed, train.x[rows])
-        keys = ("frechet_distance", "kid", "kid_std", "precision", "recall")
-        references = {
-            "untrained_generator": image_quality_scores(draw_samples(untrained, num, seed), real, space, seed)[0],
-            "train_split": image_quality_scores(train_images, real, space, seed)[0],
-        }
-        scores["references"] = {name: {k: ref[k] for k in keys} for name, ref in references.items()}
-        quality["references"] = {
-            "untrained_generator": f"{num} samples of the generator at its initial weights (seed {config.train.seed})",
-            "train_split": f"{num} random images of the training split (seed {seed + 1}): real against real, the floor",
-        }
-        return scores, quality, samples, real
+        e = config.eval
+        return gan_image_scores(
+            gan_run.sampler, untrained, gan_run.splits["train"], gan_run.splits["test"], config.data.name, seed,
+            data_seed=config.data.seed, init_seed=config.train.seed, data_dir=config.data.data_dir,
+            num_samples=e.quality_samples, kid_subset_size=e.kid_subset_size, progress=config.train.progress,
+        )  # fmt: skip
 
     @staticmethod
     def _figures(gan_run: GANRun, samples, real, run_dir, seed: int, arithmetic=None) -> list:
@@ -455,7 +449,8 @@ class GANFamily(Family):
         paths = [save_image_grid(samples[:64], run_dir / "samples.png", nrow=8)]
         paths.append(save_image_grid(gan_interpolation(gan_run.sampler, seed=seed), run_dir / "interpolation.png", nrow=8))
         if arithmetic is not None:
-            paths.append(save_image_grid(arithmetic.grid(), run_dir / "arithmetic.png", nrow=arithmetic.grid_columns))
+            rows = torch.cat([arithmetic.sources[:, None], arithmetic.images], dim=1)  # (rows, 1 + classes, ...)
+            paths.append(save_image_grid(rows.flatten(0, 1), run_dir / "arithmetic.png", nrow=rows.shape[0]))
         if gan_run.generator.num_classes is not None:
             paths.append(save_image_grid(class_grid(gan_run.sampler, rows=8, seed=seed), run_dir / "classes.png", nrow=8))
         return paths
@@ -479,10 +474,3 @@ class GANFamily(Family):
         return [png, npy]
 
 
-def draw_samples(generator, num: int, seed: int, y=None):
-    from pyro_gen.analysis import draw_samples as draw
-
-    return draw(generator, num, seed, y=y)
-
-
-from pyro_gen.evaluation.gan_scores import TOY_DATASETS  # noqa: E402

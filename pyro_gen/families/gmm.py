@@ -65,17 +65,17 @@ class GMMScores(Scores):
 
     test_log_likelihood: float | None = None
     train_log_likelihood: float | None = None
-    test_lpd: float | None = field(default=None, metadata={"optional": True})
-    divergences: int | None = field(default=None, metadata={"optional": True})
-    r_hat_max: float | None = field(default=None, metadata={"optional": True})
-    ess_bulk_min: float | None = field(default=None, metadata={"optional": True})
-    seconds: float | None = field(default=None, metadata={"optional": True})
-    epochs: int | None = field(default=None, metadata={"optional": True})
-    seconds_per_epoch: float | None = field(default=None, metadata={"optional": True})
-    parameters: int | None = field(default=None, metadata={"optional": True})
+    test_lpd: float | None = field(default=None, metadata={"group": "nuts"})
+    divergences: int | None = field(default=None, metadata={"group": "nuts"})
+    r_hat_max: float | None = field(default=None, metadata={"group": "nuts"})
+    ess_bulk_min: float | None = field(default=None, metadata={"group": "nuts"})
+    seconds: float | None = field(default=None, metadata={"group": "nuts"})
+    epochs: int | None = field(default=None, metadata={"group": "svi"})
+    seconds_per_epoch: float | None = field(default=None, metadata={"group": "svi"})
+    parameters: int | None = field(default=None, metadata={"group": "svi"})
     guide: str | None = None
     objective: str | None = None
-    checkpoint: str | None = field(default=None, metadata={"optional": True})
+    checkpoint: str | None = field(default=None, metadata={"group": "checkpoint"})
     model: str | None = None
     protocol: dict = field(default_factory=dict)
 

@@ -102,8 +102,8 @@ class VAEScores(Scores):
     parameters: int | None = None
     guide: str | None = None
     objective: str | None = None
-    likelihood: str | None = field(default=None, metadata={"optional": True})
-    checkpoint: str | None = field(default=None, metadata={"optional": True})
+    likelihood: str | None = field(default=None, metadata={"group": "likelihood"})
+    checkpoint: str | None = field(default=None, metadata={"group": "checkpoint"})
     protocol: dict = field(default_factory=dict)
 
     def summary(self) -> str:
