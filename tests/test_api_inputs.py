@@ -53,6 +53,8 @@ def _scalar(out) -> float:
     """A number summarizing a function's output, to check that a valid input gives no NaN."""
     if isinstance(out, float):
         return out
+    if isinstance(out, list):
+        return sum(_scalar(o) for o in out)
     if isinstance(out, dict):
         return sum(v for v in out.values() if isinstance(v, float))
     if isinstance(out, tuple):
@@ -79,6 +81,8 @@ def _model_call(fn, **kw):
 
 FUNCTIONS = {
     "LatentModel.forward": (lambda x: model_and_guide()[0](x), images, "model"),
+    "AmortizedGuide.forward": (lambda x: model_and_guide()[1](x), images, "model"),
+    "AmortizedGuide.posterior": (lambda x: [q.mean for q in model_and_guide()[1].posterior(x)], images, "model"),
     "log_likelihood": (_model_call(log_likelihood, num_samples=3), images, "model"),
     "evaluate": (_model_call(evaluate, num_samples=3), images, "model"),
     "log_weights": (_model_call(log_weights, num_samples=3), images, "model"),
@@ -120,6 +124,10 @@ BAD = {
 }
 # a 1-D array is one column of log-weights, valid for psis_khat: its wrong ranks are 0 and 3
 NOT_BAD = {("psis_khat", "wrong_rank")}
+# a guide runs the model's cheap per-batch checks only: the values (NaN / inf) are the model's to scan,
+# once per dataset in the trainer (docs/architecture.md, "Speed decisions"), so a guide called alone
+# with NaN data returns NaN
+NOT_BAD |= {(g, bad) for g in ("AmortizedGuide.forward", "AmortizedGuide.posterior") for bad in ("nan", "inf")}
 # bad inputs for one function only
 EXTRA = {
     ("psis_khat", "scalar"): lambda: torch.tensor(1.0),

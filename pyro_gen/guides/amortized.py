@@ -17,6 +17,7 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 from torch import nn
 
 from pyro_gen.errors import ConfigError
+from pyro_gen.models.checks import check_batch, check_data_tensor
 from pyro_gen.models.latent import LatentModel
 
 
@@ -39,6 +40,7 @@ class AmortizedGuide(nn.Module):
         self.families = nn.ModuleList(families)
         self.name = name
         self.local_latents = model.local_latents
+        self.data_shape = tuple(model.data_shape)
         if len(families) != len(self.local_latents):
             raise ConfigError(f"need one family per local latent ({len(self.local_latents)}), got {len(families)}")
         # the plate is the model's; keep a reference to the bound method, not the model
@@ -56,6 +58,10 @@ class AmortizedGuide(nn.Module):
 
     def posterior(self, x: torch.Tensor) -> list[dist.TorchDistribution]:
         """q(z | x) for each local latent, as distributions over the latents' shapes (no Pyro sites)."""
+        self._check_input(x)
+        return self._posterior(x)
+
+    def _posterior(self, x: torch.Tensor) -> list[dist.TorchDistribution]:
         h = self.encoder(x)
         out = []
         for lat, family in zip(self.local_latents, self.families):
@@ -76,11 +82,19 @@ class AmortizedGuide(nn.Module):
             self.global_guide(x)
         return {k: v.detach() for k, v in self.global_guide.median(x).items()}
 
+    def _check_input(self, x) -> None:
+        """The model's cheap per-batch checks (type, shape, dtype, device; no pass over the values) before the encoder runs."""
+        ref = next(self.encoder.parameters(), None)
+        check_batch(x, self.data_shape, "guide", dtype=None if ref is None else ref.dtype)
+        if ref is not None and x.device != ref.device:
+            check_data_tensor(x, "x", device=ref.device, values=False, owner="guide")
+
     def forward(self, x: torch.Tensor, *, batch_size: int | None = None, data_size: int | None = None):
+        self._check_input(x)
         if self.global_guide is not None:
             self.global_guide(x, data_size=data_size)
         with self._data_plate(x.shape[0], data_size):
-            return [pyro.sample(lat.name, q) for lat, q in zip(self.local_latents, self.posterior(x))]
+            return [pyro.sample(lat.name, q) for lat, q in zip(self.local_latents, self._posterior(x))]
 
 
 def default_encoder(data_shape, hidden=(300, 300), net: str = "mlp") -> tuple[nn.Module, int]:
