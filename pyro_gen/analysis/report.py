@@ -16,37 +16,21 @@ import contextlib
 import json
 import logging
 import math
+import textwrap
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from pyro_gen.analysis.plots import pyplot, save_figure
 from pyro_gen.io import atomic_path
 
 #: the HDI probability of the summaries (ArviZ's default)
 HDI_PROB = 0.94
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(axes, path) -> Path:
-    """Write the figure of an ArviZ plot (its axes, an array of axes or a figure) as a PNG and close it."""
-    plt = _pyplot()
-    first = np.ravel(axes)[0]
-    fig = first if isinstance(first, plt.Figure) else first.figure
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=72)
-    finally:
-        plt.close(fig)
-    return Path(path)
+#: side of one pair-plot panel, and height of one trace-plot row, in inches
+PANEL_INCHES = 2.2
+#: the largest side of a pair plot, in inches (8 entries fill it; more get smaller panels)
+PAIR_MAX_INCHES = 8 * PANEL_INCHES
 
 
 @contextlib.contextmanager
@@ -93,16 +77,53 @@ def write_summary(idata, path, var_names=None, group: str = "posterior"):
     return table
 
 
-def pair_plot(idata, path, var_names, coords=None, title: str = "") -> Path:
-    """``arviz.plot_pair`` of the selected entries, with divergent draws marked when the sampler recorded them."""
+def _entries(idata, var_names, coords) -> int:
+    """Number of scalar entries the selection ``var_names`` / ``coords`` of the posterior holds."""
+    posterior = idata.posterior[var_names]
+    if coords:
+        posterior = posterior.sel({k: v for k, v in coords.items() if k in posterior.dims})
+    return sum(int(np.prod([n for d, n in v.sizes.items() if d not in ("chain", "draw")])) for v in posterior.data_vars.values())
+
+
+def pair_figure(idata, var_names, coords=None, title: str = ""):
+    """``arviz.plot_pair`` of the selected entries, sized to its number of entries; the figure, unsaved.
+
+    Each panel is :data:`PANEL_INCHES` wide (up to 8 entries; more share :data:`PAIR_MAX_INCHES`),
+    the title is 14 pt above them, and divergent draws are marked when the sampler recorded them.
+    Select the entries with ``coords`` (e.g. up to 8 latent dimensions).
+    """
     import arviz
 
+    n = _entries(idata, var_names, coords)
     divergences = "sample_stats" in idata.groups() and "diverging" in idata.sample_stats
+    side = min(PANEL_INCHES * max(n, 2), PAIR_MAX_INCHES)
+    # a 14 pt title wraps at about 9 characters per inch of the figure's width
+    title = textwrap.fill(title, width=max(20, int(side * 9))) if title else ""
     with quiet():
-        axes = arviz.plot_pair(idata, var_names=var_names, coords=coords, divergences=divergences, kind="scatter", marginals=True)
+        axes = arviz.plot_pair(
+            idata, var_names=var_names, coords=coords, divergences=divergences, kind="scatter", marginals=True,
+            figsize=(side, side + 0.3 * len(title.splitlines())), textsize=11, backend_kwargs={"layout": "constrained"},
+        )  # fmt: skip
+    fig = np.ravel(axes)[0].figure
     if title:
-        np.ravel(axes)[0].figure.suptitle(title, fontsize=10)
-    return save_figure(axes, path)
+        fig.suptitle(title, fontsize=14)
+    return fig
+
+
+def pair_plot(idata, path, var_names, coords=None, title: str = "") -> Path:
+    """Write :func:`pair_figure` as a PNG."""
+    return save_figure(pair_figure(idata, var_names, coords, title), path)
+
+
+def trace_figure(idata, var_names):
+    """``arviz.plot_trace`` (compact: one row per variable, its density and its draws), laid out so that no title overlaps; unsaved."""
+    import arviz
+
+    rows = len(var_names) if var_names is not None else len(idata.posterior.data_vars)
+    figsize = (12, PANEL_INCHES * max(rows, 1))
+    with quiet():
+        axes = arviz.plot_trace(idata, var_names=var_names, compact=True, figsize=figsize, backend_kwargs={"layout": "constrained"})
+    return np.ravel(axes)[0].figure
 
 
 def posterior_plots(idata, out_dir, var_names, pair_names=None, pair_coords=None, rank_coords=None) -> list[Path]:
@@ -117,7 +138,7 @@ def posterior_plots(idata, out_dir, var_names, pair_names=None, pair_coords=None
 
     out_dir = Path(out_dir)
     plots = {
-        "trace.png": lambda: arviz.plot_trace(idata, var_names=var_names, compact=True),
+        "trace.png": lambda: trace_figure(idata, var_names),
         "rank.png": lambda: arviz.plot_rank(idata, var_names=var_names, coords=rank_coords),
     }
     if "posterior_predictive" in idata.groups():
@@ -128,7 +149,8 @@ def posterior_plots(idata, out_dir, var_names, pair_names=None, pair_coords=None
     paths = [pair_plot(idata, out_dir / "pair.png", pair_names or var_names, pair_coords)]
     with quiet():
         for name, plot in plots.items():
-            paths.append(save_figure(plot(), out_dir / name))
+            # ArviZ's own figure sizes are meant for 72 dpi; the figures sized here are drawn at 100
+            paths.append(save_figure(plot(), out_dir / name, dpi=100 if name == "trace.png" else 72))
     return paths
 
 
@@ -178,7 +200,7 @@ def write_loo(idata, path, khat_plot=None) -> dict:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     if khat_plot is not None:
         with quiet():
-            save_figure(arviz.plot_khat(loo, show_bins=True), khat_plot)
+            save_figure(arviz.plot_khat(loo, show_bins=True), khat_plot, dpi=72)
     return report
 
 
@@ -193,7 +215,7 @@ def write_khat_table(indices, khat, log_px, path) -> Path:
 
 def khat_histogram(khat, path, num_samples: int, title: str = "") -> Path:
     """A histogram of per-datapoint k-hat with the 0.7 threshold; infinite values are counted in the title."""
-    plt = _pyplot()
+    plt = pyplot()
     k = np.asarray(khat, dtype=float)
     finite = k[np.isfinite(k)]
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -205,5 +227,4 @@ def khat_histogram(khat, path, num_samples: int, title: str = "") -> Path:
     extra = f"; {int((~np.isfinite(k)).sum())} not finite" if len(finite) < len(k) else ""
     ax.set_title(f"{title}{' ' if title else ''}share above 0.7: {share:.2f}{extra}", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return save_figure(fig, path)
