@@ -124,12 +124,11 @@ def _compare(args) -> None:
 
 def _list() -> None:
     from pyro_gen.data import dataset_names
+    from pyro_gen.families import family_names, get_family
     from pyro_gen.guides import guide_names
     from pyro_gen.infer import objective_names
     from pyro_gen.infer.adversarial import LOSSES
     from pyro_gen.models import likelihood_names
-
-    from pyro_gen.families import family_names, get_family
 
     print("models:      " + ", ".join(f"{n} ({get_family(n).description})" for n in family_names()))
     print("datasets:    " + ", ".join(dataset_names()))
@@ -159,7 +158,9 @@ def main(argv=None) -> int:
         elif args.command == "evaluate":
             from pyro_gen.run import evaluate_run
 
-            scores = evaluate_run(args.run_dir, nll_samples=args.nll_samples, device=args.device, figures=False if args.no_figures else None)
+            scores = evaluate_run(
+                args.run_dir, nll_samples=args.nll_samples, device=args.device, figures=False if args.no_figures else None
+            )
             print(scores.summary())
         elif args.command == "sample":
             from pyro_gen.run import sample_run

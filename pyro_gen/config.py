@@ -236,9 +236,7 @@ def check_section(name: str, section) -> None:
             if not _in_bounds(value, meta["low"], meta["high"], meta["low_open"], meta["high_open"]):
                 raise ConfigError(f"{key} must be {_bound_text(meta)}, got {value:g}")
         if isinstance(value, list) and (meta.get("item_low") is not None or meta.get("item_high") is not None):
-            ok = all(
-                isinstance(v, int) and not isinstance(v, bool) and _in_bounds(v, meta["item_low"], meta["item_high"]) for v in value
-            )
+            ok = all(isinstance(v, int) and not isinstance(v, bool) and _in_bounds(v, meta["item_low"], meta["item_high"]) for v in value)
             if not ok:
                 raise ConfigError(
                     f"{key} must be a list of integers from {meta['item_low']} to {meta['item_high']} (layer widths), e.g. [128, 128]; "

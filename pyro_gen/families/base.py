@@ -112,6 +112,8 @@ class Family:
     :cvar scores: the :class:`Scores` subclass of its ``metrics.json``.
     :cvar unsupported: command -> the one-line reason it is not supported.
     :cvar compare_columns: the score keys ``compare`` tabulates (``compare`` varies ``guide.name``).
+    :cvar example: a small config (nested dicts) that trains in seconds on offline data: the family's
+        example, and what the contract test (``tests/run/test_families.py``) runs every command on.
     """
 
     name: str = ""
@@ -121,6 +123,7 @@ class Family:
     scores: type[Scores] = Scores
     unsupported: dict[str, str] = {}
     compare_columns: tuple[str, ...] = ()
+    example: dict = {}
 
     # -- config ---------------------------------------------------------------------------------
     def check(self, config: RunConfig) -> None:

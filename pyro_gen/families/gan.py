@@ -18,11 +18,11 @@ import torch
 
 from pyro_gen.config import HUGE, EvalConfig, setting, size, widths
 from pyro_gen.errors import ConfigError
+from pyro_gen.evaluation.gan_scores import draw_samples
 from pyro_gen.families.base import Family, Scores, finite, fit_with_trainer, make_trainer
 from pyro_gen.io import atomic_path
-from pyro_gen.evaluation.gan_scores import draw_samples
-from pyro_gen.run.data import count_parameters, fixed_test_data
 from pyro_gen.rng import seeded
+from pyro_gen.run.data import count_parameters, fixed_test_data
 
 NETS = ("mlp", "dcgan")
 
@@ -191,6 +191,18 @@ def build_gan(config, train_data):
     return generator, objective
 
 
+def load_gan_run(run_dir, device="cpu") -> GANRun:
+    """A GAN run's generator, critic and weight average, from its run directory."""
+    from pyro_gen.errors import RunDirError
+    from pyro_gen.run.rundir import RunDir
+
+    run = RunDir(run_dir)
+    config = run.config()
+    if config.model.kind != GANFamily.name:
+        raise RunDirError(f"{run.path} is a model.kind: {config.model.kind} run, not a GAN run")
+    return config.family.load(config, run, device)
+
+
 def gan_batches(config, train_data):
     """Shuffled full batches of the training split (with labels for a conditional GAN).
 
@@ -215,6 +227,12 @@ class GANFamily(Family):
     unsupported = {
         "analyze": "'analyze' draws Bayesian diagnostics of a posterior, and a GAN infers no posterior (no guide, no "
         "likelihood): its sample scores are in metrics.json ('pyro-gen evaluate') and its samples in samples.png ('pyro-gen sample')",
+    }
+
+    example = {
+        "data": {"name": "ring8", "train_size": 256, "test_size": 100},
+        "model": {"kind": "gan", "latent_dim": 2, "hidden": [16]},
+        "train": {"epochs": 2, "batch_size": 64, "progress": False},
     }
 
     def label(self, config) -> str:
@@ -259,7 +277,9 @@ class GANFamily(Family):
                 "use model.net=mlp"
             )
         if m.net == "mlp" and len(shape) != 1:
-            raise ConfigError(f"model.net: mlp builds a GAN for vectors (D,), but {name!r} has images of shape {shape}: use model.net=dcgan")
+            raise ConfigError(
+                f"model.net: mlp builds a GAN for vectors (D,), but {name!r} has images of shape {shape}: use model.net=dcgan"
+            )
         if m.conditional and train_data.y is None:
             raise ConfigError(
                 f"model.conditional: true conditions the GAN on class labels, but {name!r} has no labels in its "
@@ -472,5 +492,3 @@ class GANFamily(Family):
         with atomic_path(npy) as tmp, open(tmp, "wb") as f:
             np.save(f, points.numpy().astype(np.float32))
         return [png, npy]
-
-

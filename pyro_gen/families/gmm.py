@@ -119,6 +119,13 @@ class GMMFamily(Family):
     }
     compare_columns = ("guide", "test_log_likelihood", "train_log_likelihood", "parameters", "epochs", "seconds_per_epoch")
 
+    example = {
+        "data": {"name": "iris"},
+        "model": {"kind": "gmm", "components": 2},
+        "guide": "normal",
+        "train": {"epochs": 3, "batch_size": 120, "lr": 0.05, "progress": False},
+    }
+
     def label(self, config) -> str:
         return f"gmm-{config.train.method if config.train.method == 'nuts' else config.guide.name}"
 
@@ -147,7 +154,9 @@ class GMMFamily(Family):
         from pyro_gen.infer.trainer import initialize
 
         if config.train.method == "nuts":
-            raise RunDirError(f"{run.path} is a NUTS run: its posterior is {run.path / run.POSTERIOR} (arviz.from_netcdf), not a checkpoint")
+            raise RunDirError(
+                f"{run.path} is a NUTS run: its posterior is {run.path / run.POSTERIOR} (arviz.from_netcdf), not a checkpoint"
+            )
         splits = self.load_data(config)
         ckpt, name = run.load_checkpoint(run.BEST, device)
         model = self.build(config, tuple(splits["train"].event_shape)).to(device)
@@ -162,7 +171,9 @@ class GMMFamily(Family):
     def fit(self, config, splits, run, resume) -> dict:
         if config.train.method == "nuts":
             if resume and (run.path / run.POSTERIOR).exists():
-                raise ConfigError(f"{run.path} is a NUTS run, which cannot be resumed (MCMC keeps no checkpoints); train it again into a new run directory")
+                raise ConfigError(
+                    f"{run.path} is a NUTS run, which cannot be resumed (MCMC keeps no checkpoints); train it again into a new run directory"
+                )
             return self._fit_nuts(config, splits, run)
         from pyro_gen.infer.gmm_fit import enum_objective
 

@@ -107,9 +107,7 @@ class VAEScores(Scores):
     protocol: dict = field(default_factory=dict)
 
     def summary(self) -> str:
-        line = (
-            f"test NLL {self.test_nll:.3f} nats (K={self.nll_samples}), test ELBO {self.test_elbo:.3f}, active units {self.active_units}"
-        )
+        line = f"test NLL {self.test_nll:.3f} nats (K={self.nll_samples}), test ELBO {self.test_elbo:.3f}, active units {self.active_units}"
         if self.khat_mean is not None:
             line += f", k-hat mean {self.khat_mean:.2f} ({100 * self.khat_share_above:.0f}% of points above 0.7)"
         return line
@@ -119,7 +117,8 @@ def resolve_likelihood(config) -> tuple[str, str]:
     """``(likelihood, how it was chosen)``: the config's, or the one the dataset's values call for."""
     if config.model.likelihood is not None:
         return config.model.likelihood, "given in the config (model.likelihood)"
-    from pyro_gen.data import dataset_info, default_likelihood
+    from pyro_gen.data import dataset_info
+    from pyro_gen.models.likelihoods import default_likelihood
 
     info = dataset_info(config.data.name, config.data.binarize)
     name, reason = default_likelihood(info.values)
@@ -155,6 +154,13 @@ class VAEFamily(Family):
                 f"eval.khat_samples must be null (k-hat from the test NLL's own draws), 0 (no k-hat) or at least {MIN_SAMPLES} "
                 f"(the fewest draws whose tail can be fitted); got {k}"
             )
+
+    example = {
+        "data": {"name": "digits", "binarize": "dynamic", "train_size": 100, "valid_size": 30, "test_size": 30},
+        "model": {"latent_dim": 2, "hidden": [16]},
+        "train": {"epochs": 2, "batch_size": 25, "progress": False},
+        "eval": {"nll_samples": 25},
+    }
 
     def label(self, config) -> str:
         return config.guide.name.replace(":", "-")

@@ -23,28 +23,16 @@ def load_run(run_dir, device="cpu"):
     return config, model, guide, splits
 
 
-def load_gan_run(run_dir, device="cpu"):
-    """A GAN run's generator, critic and weight average (:class:`~pyro_gen.families.gan.GANRun`)."""
-    from pyro_gen.errors import RunDirError
-    from pyro_gen.families.gan import GANFamily
-
-    run = RunDir(run_dir)
-    config = run.config()
-    if not isinstance(config.family, GANFamily):
-        raise RunDirError(f"{run.path} is a model.kind: {config.model.kind} run, not a GAN run")
-    return config.family.load(config, run, device)
-
-
 def __getattr__(name):
     # the GAN helpers that lived here in release 0.1 (notebook 03 imports gan_interpolation from here)
     if name in ("gan_interpolation", "class_grid", "draw_samples"):
         import pyro_gen.analysis
 
         return getattr(pyro_gen.analysis, name)
-    if name == "build_gan":
-        from pyro_gen.families.gan import build_gan
+    if name in ("build_gan", "load_gan_run"):
+        import pyro_gen.families.gan
 
-        return build_gan
+        return getattr(pyro_gen.families.gan, name)
     if name == "sample_feature_space":
         from pyro_gen.evaluation.gan_scores import sample_feature_space
 
@@ -61,7 +49,6 @@ __all__ = [
     "count_parameters",
     "evaluate_run",
     "fixed_test_data",
-    "load_gan_run",
     "load_run",
     "load_splits",
     "sample_run",

@@ -128,7 +128,9 @@ class RunDir:
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RunDirError(f"{path} is damaged ({type(e).__name__}: {e}); remove it and run 'pyro-gen evaluate {self.path}' again") from None
+            raise RunDirError(
+                f"{path} is damaged ({type(e).__name__}: {e}); remove it and run 'pyro-gen evaluate {self.path}' again"
+            ) from None
         if not isinstance(data, dict):
             raise RunDirError(f"{path} is damaged (a JSON object was expected); remove it and run 'pyro-gen evaluate {self.path}' again")
         return data
@@ -150,7 +152,9 @@ class RunDir:
         try:
             return family.scores.from_json(data)
         except (KeyError, TypeError) as e:
-            raise RunDirError(f"{self.path / self.METRICS} does not hold {family.name} scores ({e}); run 'pyro-gen evaluate {self.path}'") from None
+            raise RunDirError(
+                f"{self.path / self.METRICS} does not hold {family.name} scores ({e}); run 'pyro-gen evaluate {self.path}'"
+            ) from None
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self, prefer: str = BEST) -> Path:

@@ -394,6 +394,16 @@ def test_a_second_process_is_refused_with_the_holders_pid_and_a_dead_holders_loc
     train("vae", tmp_path, epochs=1)
 
 
+def test_fit_sweeps_only_dead_writers_temporaries(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = [tmp_path / f".last.tmp{dead}.pt", tmp_path / "metrics.jsonl.tmp"]
+    live = tmp_path / f".plot.tmp{os.getppid()}.png"  # a live process's write in progress: not ours to remove
+    for p in (*stale, live):
+        p.write_bytes(b"partial")
+    train("vae", tmp_path, epochs=1)
+    assert not any(p.exists() for p in stale) and live.exists()
+
+
 def test_the_lock_is_reentrant_in_one_process_and_released_after_fit(tmp_path):
     with run_lock(tmp_path), run_lock(tmp_path):  # the run layer around training, the trainer inside
         train("vae", tmp_path, epochs=1)
@@ -457,6 +467,25 @@ def test_signal_handlers_are_restored_after_fit(tmp_path):
     with pytest.raises(RunDirError):
         train("vae", tmp_path / "empty", resume=True)  # also when fit raises
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_fit_in_another_thread_trains_without_touching_signals(tmp_path, references):
+    """Python delivers signals to the main thread only: elsewhere fit installs no handler (and does not fail trying)."""
+    import threading
+
+    before, errors = signal.getsignal(signal.SIGTERM), []
+    worker = threading.Thread(target=lambda: _capture(errors, train, "vae", tmp_path))
+    worker.start()
+    worker.join()
+    assert errors == [] and signal.getsignal(signal.SIGTERM) == before
+    assert_like_reference(tmp_path, references("vae"))
+
+
+def _capture(errors, f, *args):
+    try:
+        f(*args)
+    except Exception as e:  # reported to the test thread
+        errors.append(e)
 
 
 # -- 5. SIGKILL at any moment ----------------------------------------------------------------------------------

@@ -5,8 +5,6 @@ dcgan_mnist.yaml with one 8-wide layer on 200 of scikit-learn's 8x8 digits) and 
 Runs are trained once per module and shared: tests that would change them work on a copy.
 """
 
-import contextlib
-import io
 import json
 import math
 import shutil
@@ -17,14 +15,13 @@ import pytest
 import torch
 import yaml
 from cli_support import assert_png as _assert_png
-from cli_support import assert_train_refused_before_writing
+from cli_support import assert_train_refused_before_writing, run_cli
 from cli_support import fails as _fails
 from cli_support import read_jsonl as _read_jsonl
 
-from pyro_gen.cli import main
 from pyro_gen.infer.trainer import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"  # as in tests/test_cli.py
 RING8 = REPO / "configs" / "gan_ring8.yaml"
 GRID25 = REPO / "configs" / "gan_grid25.yaml"
@@ -62,12 +59,7 @@ def _offline_data(monkeypatch):
     monkeypatch.setenv("PYRO_GEN_DATA", str(SHARED_DATA))
 
 
-def _run(argv) -> tuple[int, str]:
-    """``main(argv)`` with its stdout captured (usable in module-scoped fixtures, where capsys is not)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue()
+_run = run_cli
 
 
 def _train_tiny(run_dir: Path, epochs: int, *overrides) -> tuple[int, str]:

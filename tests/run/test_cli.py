@@ -6,9 +6,7 @@ directory. Runs are trained once per module and shared: tests that would change 
 resume, analyze) work on a copy.
 """
 
-import contextlib
 import csv
-import io
 import json
 import math
 import os
@@ -22,14 +20,14 @@ import pytest
 import torch
 import yaml
 from cli_support import assert_png as _assert_png
-from cli_support import assert_train_refused_before_writing
+from cli_support import assert_train_refused_before_writing, run_cli
 from cli_support import fails as _fails
 from cli_support import read_jsonl as _read_jsonl
 
 from pyro_gen.cli import main
 from pyro_gen.infer.trainer import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The repository sits next to the ``shared`` folder (as in tests/data/conftest.py): <parent>/main/tests/test_cli.py.
 SHARED_DATA = REPO.parent / "shared" / "data"
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -65,12 +63,7 @@ def _offline_data(monkeypatch):
     monkeypatch.setenv("PYRO_GEN_DATA", str(SHARED_DATA))
 
 
-def _run(argv) -> tuple[int, str]:
-    """``main(argv)`` with its stdout captured (usable in module-scoped fixtures, where capsys is not)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue()
+_run = run_cli
 
 
 def _train_tiny(run_dir: Path, epochs: int) -> tuple[int, str]:

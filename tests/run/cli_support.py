@@ -1,5 +1,7 @@
-"""Helpers shared by the command-line tests (``test_cli.py``, ``test_cli_gan.py``)."""
+"""Helpers shared by the command-line tests (``tests/run``)."""
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -20,6 +22,14 @@ def assert_png(path: Path, min_side: int) -> None:
     image = matplotlib.image.imread(path)
     assert image.ndim in (2, 3) and min(image.shape[:2]) >= min_side, f"{path} has shape {image.shape}"
     assert image.std() > 0, f"{path} is blank"
+
+
+def run_cli(argv) -> tuple[int, str]:
+    """``main(argv)`` with its stdout captured (usable in module-scoped fixtures, where capsys is not)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue()
 
 
 def fails(argv, capsys) -> str:
