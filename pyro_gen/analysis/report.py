@@ -149,8 +149,9 @@ def posterior_plots(idata, out_dir, var_names, pair_names=None, pair_coords=None
     paths = [pair_plot(idata, out_dir / "pair.png", pair_names or var_names, pair_coords)]
     with quiet():
         for name, plot in plots.items():
-            # ArviZ's own figure sizes are meant for 72 dpi; the figures sized here are drawn at 100
-            paths.append(save_figure(plot(), out_dir / name, dpi=100 if name == "trace.png" else 72))
+            # ArviZ's own figures (rank, ppc) keep its size and layout, meant for 72 dpi; the trace plot is laid out here
+            ours = name == "trace.png"
+            paths.append(save_figure(plot(), out_dir / name, dpi=100 if ours else 72, tight=ours))
     return paths
 
 
@@ -200,7 +201,7 @@ def write_loo(idata, path, khat_plot=None) -> dict:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     if khat_plot is not None:
         with quiet():
-            save_figure(arviz.plot_khat(loo, show_bins=True), khat_plot, dpi=72)
+            save_figure(arviz.plot_khat(loo, show_bins=True), khat_plot, dpi=72, tight=False)
     return report
 
 
