@@ -176,8 +176,12 @@ class Family:
         """The protocol line above ``compare``'s table."""
         return ""
 
+    def supports(self, command: str) -> bool:
+        """True when the family implements ``command`` (``sample``, ``analyze``, ...) and does not refuse it."""
+        return command not in self.unsupported and getattr(type(self), command) is not getattr(Family, command)
+
     def refuse(self, command: str) -> Unsupported:
-        reason = self.unsupported.get(command, f"model.kind: {self.name} does not support '{command}'")
+        reason = self.unsupported.get(command, "the family does not implement it")
         return Unsupported(f"'{command}' is not available for model.kind: {self.name}: {reason}")
 
 
