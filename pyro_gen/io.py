@@ -92,20 +92,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder, extra=()) -> list[Path]:
-    """Remove the temporary files that writers killed mid-write left in ``folder`` (and its subfolders).
+def remove_stale_temporaries(folder, extra=(), recursive: bool = False) -> list[Path]:
+    """Remove the temporary files that writers killed mid-write left in ``folder`` (with ``recursive``, in its subfolders too).
 
     A file named like :func:`atomic_path`'s temporaries (``.NAME.tmpPID.SUFFIX``) is removed when
     process ``PID`` is gone; a live writer's file is left alone. ``extra`` names further files
     (relative to ``folder``) that only the caller writes and that are stale whenever it calls this,
-    e.g. ``metrics.jsonl.tmp``. Call it while holding the folder's :func:`run_lock`.
+    e.g. ``metrics.jsonl.tmp``. Call it while holding the folder's :func:`run_lock`. Not recursive by
+    default: a run directory given as ``.`` must not send it sweeping through someone's home folder.
 
     :returns: the removed paths.
     """
     folder, removed = Path(folder), []
     if not folder.is_dir():
         return removed
-    for p in folder.rglob(".*.tmp*"):
+    for p in (folder.rglob if recursive else folder.glob)(".*.tmp*"):
         m = _TEMPORARY.match(p.name)
         if m and p.is_file() and not (int(m.group(1)) != os.getpid() and _pid_alive(int(m.group(1)))):
             # our own PID: no write of ours is in progress while the caller sweeps (it holds the run lock)

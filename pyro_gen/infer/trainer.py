@@ -430,8 +430,8 @@ class _StopRequests:
             # os.write, not print: a handler may run in the middle of another write to stderr
             os.write(
                 2,
-                f"\npyro_gen: {signal.Signals(signum).name} received; stopping after the current batch and saving a checkpoint "
-                "to resume from (send it again to stop at once)\n".encode(),
+                f"\npyro_gen: {signal.Signals(signum).name} received; stopping after the current batch (the current epoch for data "
+                "that cannot resume mid-epoch) and saving a checkpoint to resume from; send it again to stop at once\n".encode(),
             )
             return
         self._restore()
