@@ -136,6 +136,14 @@ class GMMFamily(Family):
                 f"model.kind: gmm needs vector data (points of shape (D,)); {config.data.name!r} has points of shape "
                 f"{shape}; use a table or 2-D data such as iris, wine or gmm2d"
             )
+        n = len(splits["train"])
+        if config.train.method == "svi" and config.train.batch_size > n:
+            raise ConfigError(
+                f"train.batch_size {config.train.batch_size} is larger than the {n} training points: lower train.batch_size "
+                f"(train.batch_size={n} steps on all of them at once) or raise data.train_size"
+            )
+        if config.model.components > n:
+            raise ConfigError(f"model.components {config.model.components} is more than the {n} training points: lower model.components")
 
     def build(self, config, data_shape):
         from pyro_gen.models import gmm

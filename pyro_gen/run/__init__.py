@@ -7,7 +7,7 @@ goes through :class:`~pyro_gen.run.rundir.RunDir`.
 
 from pyro_gen.run.rundir import RunDir  # noqa: I001 - first: the families import it
 from pyro_gen.run.data import check_device, count_parameters, fixed_test_data, load_splits
-from pyro_gen.run.commands import analyze_run, check_config, evaluate_run, sample_run, train
+from pyro_gen.run.commands import analyze_run, check_config, evaluate_run, sample_run, train, validate
 from pyro_gen.run.compare import compare
 
 
@@ -53,4 +53,5 @@ __all__ = [
     "load_splits",
     "sample_run",
     "train",
+    "validate",
 ]

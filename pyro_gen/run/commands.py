@@ -23,6 +23,17 @@ def check_config(config: RunConfig) -> None:
     config.family.check(config)
 
 
+def validate(config: RunConfig, splits: dict | None = None) -> dict:
+    """Every check ``train`` makes before it writes anything: the device, the family's settings, and the data
+    against the model (loaded here unless ``splits`` are given). Returns the splits."""
+    check_device(config.train.device, "train.device")
+    check_config(config)
+    family = config.family
+    splits = family.load_data(config) if splits is None else splits
+    family.check_data(config, splits)
+    return splits
+
+
 def train(config: RunConfig | None, run_dir, resume: bool = False, device: str | None = None) -> Scores:
     """Train the configured model into ``run_dir``, evaluate it on the test split and write its figures.
 
@@ -47,11 +58,8 @@ def train(config: RunConfig | None, run_dir, resume: bool = False, device: str |
     if device is not None:
         check_device(device)
         config.train.device = device
-    check_device(config.train.device, "train.device" if device is None else "--device")
-    check_config(config)
+    splits = validate(config)
     family = config.family
-    splits = family.load_data(config)
-    family.check_data(config, splits)
     with run.lock():
         if resume:
             if device is not None:  # a run may continue on another device; everything else stays as configured
