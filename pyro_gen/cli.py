@@ -188,7 +188,9 @@ def main(argv=None) -> int:
         message = str(e).split("\nTrace Shapes:")[0].rstrip()
         if isinstance(e, _interrupted()):
             print(f"pyro-gen {args.command}: {message}{_resume_hint(args)}", file=sys.stderr)
-            return 128 + getattr(e, "signal", 2)
+            import signal
+
+            return 128 + signal.Signals[e.signal_name].value if e.signal_name in signal.Signals.__members__ else 130
         print(f"pyro-gen {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0

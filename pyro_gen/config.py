@@ -127,10 +127,12 @@ class RunConfig:
         if self.model is None:  # the default family, with every section at its defaults
             filled = from_dict({})
             self.model, self.guide, self.objective = filled.model, filled.guide, filled.objective
-            if type(self.train) is TrainConfig:
-                self.train = type(filled.train)(**dataclasses.asdict(self.train))
-            if type(self.eval) is EvalConfig:
-                self.eval = type(filled.eval)(**dataclasses.asdict(self.eval))
+        # a generic section given as its base class takes the family's subclass (with the subclass's defaults)
+        sections = self.family.sections
+        for name in ("train", "eval"):
+            cls, value = sections.get(name), getattr(self, name)
+            if cls is not None and type(value) is not cls and isinstance(value, GENERIC_SECTIONS[name]):
+                setattr(self, name, cls(**dataclasses.asdict(value)))
 
     @property
     def family(self):

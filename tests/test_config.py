@@ -5,19 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pyro_gen.config import (
-    DataConfig,
-    GuideConfig,
-    ModelConfig,
-    ObjectiveConfig,
-    RunConfig,
-    TrainConfig,
-    from_dict,
-    load_config,
-    parse_override,
-    save_config,
-)
+from pyro_gen.config import DataConfig, RunConfig, TrainConfig, from_dict, load_config, parse_override, save_config
 from pyro_gen.errors import ConfigError
+from pyro_gen.families.vae import ELBOConfig as ObjectiveConfig
+from pyro_gen.families.vae import VAEGuideConfig as GuideConfig
+from pyro_gen.families.vae import VAEModelConfig as ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,10 +28,11 @@ def write(tmp_path, text, name="config.yaml") -> Path:
         ({"train": {"epocs": 2}}, "'train.epocs'", "'train.epochs'"),
         ({"model": {"latentdim": 2}}, "'model.latentdim'", "'model.latent_dim'"),
         ({"objective": {"warmup": 2}}, "'objective.warmup'", "'objective.warmup_epochs'"),
-        ({"model": {"component": 2}}, "'model.component'", "'model.components'"),
-        ({"model": {"covariances": "full"}}, "'model.covariances'", "'model.covariance'"),
-        ({"train": {"num_sample": 10}}, "'train.num_sample'", "'train.num_samples'"),
-        ({"train": {"chain": 4}}, "'train.chain'", "'train.chains'"),
+        ({"model": {"kind": "gmm", "component": 2}}, "'model.component'", "'model.components'"),
+        ({"model": {"kind": "gmm", "covariances": "full"}}, "'model.covariances'", "'model.covariance'"),
+        ({"model": {"kind": "gmm"}, "train": {"num_sample": 10}}, "'train.num_sample'", "'train.num_samples'"),
+        ({"model": {"kind": "gmm"}, "train": {"chain": 4}}, "'train.chain'", "'train.chains'"),
+        ({"model": {"kind": "gan", "pak": 4}}, "'model.pak'", "'model.pack'"),
         ({"eval": {"khat_sample": 100}}, "'eval.khat_sample'", "'eval.khat_samples'"),
     ],
 )
@@ -70,32 +63,34 @@ def test_malformed_override_is_an_error(override):
 
 # -- value types ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "section, key, value",
+    "section, key, value, kind",
     [
-        ("train", "epochs", "ten"),
-        ("train", "epochs", 2.5),
-        ("train", "epochs", True),  # a bool is not an integer here
-        ("train", "lr", "fast"),
-        ("train", "progress", "yes please"),
-        ("train", "progress", 1),
-        ("model", "hidden", 300),
-        ("train", "patience", "ten"),  # optional keys are checked too
-        ("train", "clip_norm", "big"),
-        ("data", "train_size", 1.5),
-        ("guide", "hidden", 300),
-        ("train", "device", 0),
-        ("train", "epochs", None),  # null only where the key is optional
-        ("model", "components", "three"),
-        ("model", "components", 2.0),
-        ("train", "chains", None),
-        ("train", "jit", "yes"),
-        ("train", "method", 1),
-        ("eval", "khat_samples", 10.5),
+        ("train", "epochs", "ten", "vae"),
+        ("train", "epochs", 2.5, "vae"),
+        ("train", "epochs", True, "vae"),  # a bool is not an integer here
+        ("train", "lr", "fast", "vae"),
+        ("train", "progress", "yes please", "vae"),
+        ("train", "progress", 1, "vae"),
+        ("model", "hidden", 300, "vae"),
+        ("train", "patience", "ten", "vae"),  # optional keys are checked too
+        ("train", "clip_norm", "big", "vae"),
+        ("data", "train_size", 1.5, "vae"),
+        ("guide", "hidden", 300, "vae"),
+        ("train", "device", 0, "vae"),
+        ("train", "epochs", None, "vae"),  # null only where the key is optional
+        ("model", "components", "three", "gmm"),
+        ("model", "components", 2.0, "gmm"),
+        ("train", "chains", None, "gmm"),
+        ("train", "jit", "yes", "gmm"),
+        ("train", "method", 1, "gmm"),
+        ("eval", "khat_samples", 10.5, "vae"),
     ],
 )
-def test_wrong_value_type_is_an_error_naming_the_key(section, key, value):
+def test_wrong_value_type_is_an_error_naming_the_key(section, key, value, kind):
+    raw = {"model": {"kind": kind}}
+    raw.setdefault(section, {})[key] = value
     with pytest.raises(ConfigError, match=f"'{section}.{key}'"):
-        from_dict({section: {key: value}})
+        from_dict(raw)
 
 
 def test_values_of_the_right_type_are_accepted():
@@ -180,12 +175,10 @@ def test_shipped_gmm_configs_load_and_pass_the_run_checks(name):
 
 
 def test_gmm_and_sampler_keys_have_defaults_and_types():
-    config = from_dict(
-        {"model": {"kind": "gmm", "components": 2}, "train": {"method": "nuts", "chains": 2}, "eval": {"khat_samples": None}}
-    )
+    config = from_dict({"model": {"kind": "gmm", "components": 2}, "train": {"method": "nuts", "chains": 2}})
     assert (config.model.components, config.model.covariance) == (2, "diag")
     assert (config.train.num_samples, config.train.warmup, config.train.chains, config.train.jit) == (1000, 1000, 2, True)
-    assert config.eval.khat_samples is None and from_dict({"eval": {"khat_samples": 0}}).eval.khat_samples == 0
+    assert from_dict({"eval": {"khat_samples": None}}).eval.khat_samples is None and from_dict({"eval": {"khat_samples": 0}}).eval.khat_samples == 0
 
 
 def test_shipped_quickstart_config_loads():
@@ -230,7 +223,8 @@ def test_section_that_is_not_a_mapping_is_a_clear_error(tmp_path):
 def test_missing_file_and_empty_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
-    assert load_config(write(tmp_path, "# nothing but a comment\n")) == RunConfig()
+    with pytest.raises(ConfigError, match="is empty .or only comments.: it would train every default"):
+        load_config(write(tmp_path, "# nothing but a comment\n"))
     assert load_config(write(tmp_path, "train:\n", "empty_section.yaml")).train == TrainConfig()
 
 
