@@ -62,7 +62,7 @@ class LikelihoodResult:
             "active_units": self.active_units,
             "nll_samples": self.num_samples,
             "n": len(self.log_px),
-            **self.protocol,
+            "protocol": dict(self.protocol),
         }
 
 
@@ -178,7 +178,16 @@ def log_likelihood(
                 if particles.stop == num_samples:
                     weights_fn(data, block)
     out = [acc - math.log(num_samples), sums[0] / num_samples, sums[1] / num_samples, sums[2] / num_samples, mean_sum / num_samples]
-    return LikelihoodResult(*(t.cpu() for t in out), num_samples, chunk_size)
+    protocol = {
+        "estimator": f"importance sampling: log (1/K) sum_k p(x, z_k) / q(z_k | x), K={num_samples} draws from the guide per point",
+        "num_samples": num_samples,
+        "chunk_size": chunk_size,
+        "seed": seed,
+        "datapoints": len(x),
+        "global_latents": "at the guide's point estimate: log p(x | theta_hat)" if getattr(model, "global_latents", None) else "none",
+        "threads": torch.get_num_threads(),
+    }
+    return LikelihoodResult(*(t.cpu() for t in out), num_samples, chunk_size, protocol)
 
 
 def log_weights(model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int | None = 0) -> torch.Tensor:

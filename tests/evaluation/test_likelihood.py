@@ -255,3 +255,17 @@ def test_global_latent_is_scored_at_the_guides_point_estimate(setup):
     r = log_likelihood(model, guide, x, num_samples=2000)
     assert (r.log_px - shifted).abs().max() < 0.15
     assert (r.log_px - exact).abs().max() > 0.5
+
+
+def test_evaluate_returns_its_protocol_under_one_key():
+    """The README's factor-analysis snippet promises a ``protocol`` key: K, chunk, seed, datapoints, threads."""
+    import torch
+    from torch import nn
+
+    from pyro_gen import Latent, LatentModel, evaluate, make_guide, make_likelihood
+
+    fa = LatentModel([Latent("z", shape=(2,))], nn.Linear(2, 4), make_likelihood("gaussian", data_shape=(4,)), data_shape=(4,))
+    result = evaluate(fa, make_guide("normal", fa, hidden=(8,)), torch.randn(30, 4), num_samples=7, seed=3)
+    protocol = result["protocol"]
+    assert (protocol["num_samples"], protocol["seed"], protocol["datapoints"]) == (7, 3, 30)
+    assert "K=7" in protocol["estimator"] and protocol["global_latents"] == "none" and protocol["threads"] >= 1
