@@ -207,6 +207,21 @@ def fit_with_trainer(trainer, train, valid, run: RunDir, resume: bool) -> list[d
     return trainer.fit(train, valid, resume=resume)
 
 
+def check_finite_weights(path, *modules) -> None:
+    """Refuse weights that hold NaN or infinite values: scoring them would give a NaN (or a huge) score, not an error."""
+    import torch
+
+    from pyro_gen.errors import TrainingDivergedError
+
+    for module in modules:
+        for name, value in module.state_dict().items():
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise TrainingDivergedError(
+                    f"the weights in {path} are broken ({name} holds NaN or infinite values): the run diverged; "
+                    "train it again with a lower train.lr or a train.clip_norm"
+                )
+
+
 def epochs_record(history: list[dict], epochs: int) -> dict:
     """The part of ``training.json`` every trained family writes (``epochs``: the configured number)."""
     return {

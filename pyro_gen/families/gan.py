@@ -19,7 +19,7 @@ import torch
 from pyro_gen.config import HUGE, EvalConfig, setting, size, widths
 from pyro_gen.errors import ConfigError
 from pyro_gen.evaluation.gan_scores import draw_samples
-from pyro_gen.families.base import Family, Scores, finite, fit_with_trainer, make_trainer
+from pyro_gen.families.base import Family, Scores, check_finite_weights, finite, fit_with_trainer, make_trainer
 from pyro_gen.io import atomic_path
 from pyro_gen.rng import seeded
 from pyro_gen.run.data import count_parameters, fixed_test_data
@@ -351,6 +351,7 @@ class GANFamily(Family):
         objective.players(generator, None)
         generator.load_state_dict(ckpt["model"])
         objective.load_state_dict(ckpt["objective"])
+        check_finite_weights(run.path / name, generator, objective)
         generator.to(device).eval(), objective.to(device).eval()
         return GANRun(config, generator, objective, splits, name)
 

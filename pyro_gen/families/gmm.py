@@ -19,7 +19,7 @@ import torch
 
 from pyro_gen.config import TrainConfig, setting, size
 from pyro_gen.errors import ConfigError, RunDirError
-from pyro_gen.families.base import Family, Scores, epochs_record, finite, fit_with_trainer, make_trainer
+from pyro_gen.families.base import Family, Scores, check_finite_weights, epochs_record, finite, fit_with_trainer, make_trainer
 from pyro_gen.run.data import count_parameters
 
 
@@ -172,6 +172,7 @@ class GMMFamily(Family):
         initialize(model, guide, splits["train"].x[:2].to(device))
         model.load_state_dict(ckpt["model"])
         guide.load_state_dict(ckpt["guide"])
+        check_finite_weights(run.path / name, model, guide)
         model.eval(), guide.eval()
         return model, guide, splits, name
 

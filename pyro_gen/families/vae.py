@@ -24,7 +24,7 @@ import torch
 
 from pyro_gen.config import HUGE, EvalConfig, setting, size, widths
 from pyro_gen.errors import ConfigError
-from pyro_gen.families.base import Family, Scores, epochs_record, finite, fit_with_trainer, make_trainer
+from pyro_gen.families.base import Family, Scores, check_finite_weights, epochs_record, finite, fit_with_trainer, make_trainer
 from pyro_gen.rng import seeded
 from pyro_gen.run.data import count_parameters, fixed_test_data
 
@@ -212,6 +212,7 @@ class VAEFamily(Family):
         initialize(model, guide, fixed_test_data(splits["train"], 0)[:2].to(device))
         model.load_state_dict(ckpt["model"])
         guide.load_state_dict(ckpt["guide"])
+        check_finite_weights(run.path / name, model, guide)
         model.eval(), guide.eval()
         return model, guide, splits, name
 
@@ -270,7 +271,7 @@ class VAEFamily(Family):
             from pyro_gen.errors import TrainingDivergedError
 
             raise TrainingDivergedError(
-                f"the test NLL of {run.path / checkpoint} is {scores['nll']}: its weights are broken (NaN or infinite); "
+                f"the test NLL of {run.path / checkpoint} is {scores['nll']}: the model gives the test data no finite density; "
                 "train the run again with a lower train.lr or train.clip_norm"
             )
         run.write_scores(record)
