@@ -8,8 +8,7 @@ images are closer to each other than real images are to noise or to an untrained
 output; the sha256 of the cached weights file computed here with :mod:`hashlib`.
 
 The digits8 extractor is trained by its full protocol (seconds). The mnist28 extractor is
-trained on a small slice with a small budget here; its full protocol (about 20 s) runs only when
-``PYRO_GEN_FULL_FEATURE_TEST=1`` is set.
+trained on a small slice with a small budget in most tests; one test (about 20 s) runs its full protocol.
 """
 
 import hashlib
@@ -268,7 +267,6 @@ def test_mnist28_frechet_distance_separates_real_from_noise_and_an_untrained_gen
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("PYRO_GEN_FULL_FEATURE_TEST") != "1", reason="set PYRO_GEN_FULL_FEATURE_TEST=1 (about 20 s)")
 def test_full_mnist28_protocol_is_accurate_and_quick(mnist_data_dir, tmp_path):
     space = domain_features("mnist28", data_dir=mnist_data_dir, cache_dir=tmp_path)
     held = held_out_images("mnist28", "binarized_mnist", data_dir=mnist_data_dir)
