@@ -207,6 +207,21 @@ def fit_with_trainer(trainer, train, valid, run: RunDir, resume: bool) -> list[d
     return trainer.fit(train, valid, resume=resume)
 
 
+def restore(model, guide, ckpt: dict, path, x) -> None:
+    """Load a checkpoint's weights into ``model`` and ``guide`` (eval mode), refusing broken ones.
+
+    A forward pass on ``x`` (two datapoints) first creates the guide's lazy parameters (autoguides),
+    which a ``load_state_dict`` needs to exist.
+    """
+    from pyro_gen.infer.trainer import initialize
+
+    initialize(model, guide, x[:2])
+    model.load_state_dict(ckpt["model"])
+    guide.load_state_dict(ckpt["guide"])
+    check_finite_weights(path, model, guide)
+    model.eval(), guide.eval()
+
+
 def check_finite_weights(path, *modules) -> None:
     """Refuse weights that hold NaN or infinite values: scoring them would give a NaN (or a huge) score, not an error."""
     import torch

@@ -19,7 +19,7 @@ import torch
 
 from pyro_gen.config import TrainConfig, setting, size
 from pyro_gen.errors import ConfigError, RunDirError
-from pyro_gen.families.base import Family, Scores, check_finite_weights, epochs_record, finite, fit_with_trainer, make_trainer
+from pyro_gen.families.base import Family, Scores, epochs_record, finite, fit_with_trainer, make_trainer, restore
 from pyro_gen.run.data import count_parameters
 
 
@@ -159,7 +159,6 @@ class GMMFamily(Family):
 
     def load(self, config, run, device="cpu"):
         """``(model, guide, splits, checkpoint name)`` of an SVI run with its best weights."""
-        from pyro_gen.infer.trainer import initialize
 
         if config.train.method == "nuts":
             raise RunDirError(
@@ -169,11 +168,7 @@ class GMMFamily(Family):
         ckpt, name = run.load_checkpoint(run.BEST, device)
         model = self.build(config, tuple(splits["train"].event_shape)).to(device)
         guide = self._guide(config, model, splits["train"].x).to(device)
-        initialize(model, guide, splits["train"].x[:2].to(device))
-        model.load_state_dict(ckpt["model"])
-        guide.load_state_dict(ckpt["guide"])
-        check_finite_weights(run.path / name, model, guide)
-        model.eval(), guide.eval()
+        restore(model, guide, ckpt, run.path / name, splits["train"].x[:2].to(device))
         return model, guide, splits, name
 
     # -- fit ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 
 from pyro_gen.config import HUGE, EvalConfig, setting, size, widths
 from pyro_gen.errors import ConfigError
-from pyro_gen.families.base import Family, Scores, check_finite_weights, epochs_record, finite, fit_with_trainer, make_trainer
+from pyro_gen.families.base import Family, Scores, epochs_record, finite, fit_with_trainer, make_trainer, restore
 from pyro_gen.rng import seeded
 from pyro_gen.run.data import count_parameters, fixed_test_data
 
@@ -202,18 +202,12 @@ class VAEFamily(Family):
 
     def load(self, config, run, device="cpu"):
         """``(model, guide, splits, checkpoint name)`` of a run, with its best weights (``last.pt`` if there is no best)."""
-        from pyro_gen.infer.trainer import initialize
 
         splits = self.load_data(config)
         ckpt, name = run.load_checkpoint(run.BEST, device)
         model, guide = self.build(config, tuple(splits["train"].event_shape))
         model, guide = model.to(device), guide.to(device)
-        # a forward pass creates lazy (autoguide) parameters before the weights are loaded
-        initialize(model, guide, fixed_test_data(splits["train"], 0)[:2].to(device))
-        model.load_state_dict(ckpt["model"])
-        guide.load_state_dict(ckpt["guide"])
-        check_finite_weights(run.path / name, model, guide)
-        model.eval(), guide.eval()
+        restore(model, guide, ckpt, run.path / name, fixed_test_data(splits["train"], 0)[:2].to(device))
         return model, guide, splits, name
 
     # -- commands -------------------------------------------------------------------------------
