@@ -178,7 +178,10 @@ def test_gmm_and_sampler_keys_have_defaults_and_types():
     config = from_dict({"model": {"kind": "gmm", "components": 2}, "train": {"method": "nuts", "chains": 2}})
     assert (config.model.components, config.model.covariance) == (2, "diag")
     assert (config.train.num_samples, config.train.warmup, config.train.chains, config.train.jit) == (1000, 1000, 2, True)
-    assert from_dict({"eval": {"khat_samples": None}}).eval.khat_samples is None and from_dict({"eval": {"khat_samples": 0}}).eval.khat_samples == 0
+    assert (
+        from_dict({"eval": {"khat_samples": None}}).eval.khat_samples is None
+        and from_dict({"eval": {"khat_samples": 0}}).eval.khat_samples == 0
+    )
 
 
 def test_shipped_quickstart_config_loads():
