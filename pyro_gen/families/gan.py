@@ -420,7 +420,9 @@ class GANFamily(Family):
             }
         run.write_scores(record)
         if options.figures if options.figures is not None else config.eval.images:
-            self._figures(gan_run, samples, real, run.path, seed, arithmetic)
+            from pyro_gen.analysis import write_gan_figures
+
+            write_gan_figures(gan_run.sampler, samples, real, config.data.name, run.path, seed, arithmetic)
         return record
 
     @staticmethod
@@ -458,23 +460,6 @@ class GANFamily(Family):
             data_seed=config.data.seed, init_seed=config.train.seed, data_dir=config.data.data_dir,
             num_samples=e.quality_samples, kid_subset_size=e.kid_subset_size, progress=config.train.progress,
         )  # fmt: skip
-
-    @staticmethod
-    def _figures(gan_run: GANRun, samples, real, run_dir, seed: int, arithmetic=None) -> list:
-        """``samples.png`` (a scatter over the test data, or 64 images); for images also ``interpolation.png``,
-        ``arithmetic.png`` and, for a conditional generator, ``classes.png``."""
-        from pyro_gen.analysis import class_grid, gan_interpolation, save_image_grid, scatter_samples
-
-        if len(gan_run.generator.data_shape) == 1:
-            return [scatter_samples(samples, real, gan_run.config.data.name, run_dir / "samples.png")]
-        paths = [save_image_grid(samples[:64], run_dir / "samples.png", nrow=8)]
-        paths.append(save_image_grid(gan_interpolation(gan_run.sampler, seed=seed), run_dir / "interpolation.png", nrow=8))
-        if arithmetic is not None:
-            rows = torch.cat([arithmetic.sources[:, None], arithmetic.images], dim=1)  # (rows, 1 + classes, ...)
-            paths.append(save_image_grid(rows.flatten(0, 1), run_dir / "arithmetic.png", nrow=rows.shape[0]))
-        if gan_run.generator.num_classes is not None:
-            paths.append(save_image_grid(class_grid(gan_run.sampler, rows=8, seed=seed), run_dir / "classes.png", nrow=8))
-        return paths
 
     # -- sample ---------------------------------------------------------------------------------
     def sample(self, config, run, num, out, seed) -> list:
