@@ -22,7 +22,7 @@ import torch
 
 from pyro_gen.data.checksums import check_array, verify_array
 from pyro_gen.data.container import ArrayData
-from pyro_gen.data.download import download_file
+from pyro_gen.data.download import download_file, source_url
 from pyro_gen.data.paths import DataLocation, not_found_error
 from pyro_gen.data.storage import read_npz, write_npz
 from pyro_gen.errors import ChecksumError, DataError
@@ -94,7 +94,7 @@ def download(root: Path, progress: bool = True) -> Path:
         arrays = {}
         for split in SPLITS:
             amat = download_file(
-                AMAT_URL.format(split=split),
+                source_url(AMAT_URL.format(split=split)),
                 tmpdir / f"binarized_mnist_{split}.amat",
                 sha256=AMAT_SHA256[split],
                 progress=progress,

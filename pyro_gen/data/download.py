@@ -14,6 +14,22 @@ from pyro_gen.errors import ChecksumError, DataNotFoundError
 
 _CHUNK = 1 << 16
 
+#: Environment variable naming a mirror of the original files (a URL or a folder): a download of
+#: ``https://host/path/name.ext`` then fetches ``MIRROR/name.ext`` instead. For machines that cannot
+#: reach the original hosts but have the files; the checksums are verified all the same.
+MIRROR_ENV = "PYRO_GEN_MIRROR"
+
+
+def source_url(url: str) -> str:
+    """``url``, or the same file name in the mirror named by ``$PYRO_GEN_MIRROR`` (a URL or a local folder)."""
+    mirror = os.environ.get(MIRROR_ENV)
+    if not mirror:
+        return url
+    name = url.rsplit("/", 1)[-1]
+    if "://" not in mirror:
+        return (Path(mirror).expanduser().resolve() / name).as_uri()
+    return mirror.rstrip("/") + "/" + name
+
 
 def _progress_bar(total: int | None, desc: str, enabled: bool):
     """A tqdm bar if tqdm is installed and wanted, else ``None`` (tqdm is optional)."""

@@ -19,7 +19,7 @@ import torch
 
 from pyro_gen.data.checksums import check_array, verify_array
 from pyro_gen.data.container import ArrayData
-from pyro_gen.data.download import download_file
+from pyro_gen.data.download import download_file, source_url
 from pyro_gen.data.paths import DataLocation, not_found_error
 from pyro_gen.data.splits import seeded_split
 from pyro_gen.data.storage import read_npz, write_npz
@@ -65,7 +65,7 @@ def download(root: Path, progress: bool = True) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{NAME}-download-", dir=root))
     try:
-        mat = download_file(URL, tmpdir / "frey_rawface.mat", progress=progress)
+        mat = download_file(source_url(URL), tmpdir / "frey_rawface.mat", progress=progress)
         images = convert_mat(mat)
         check_array(images, CONTENT_MD5, f"Frey faces converted from {URL}")
         return write_npz(root / FILENAME, {"images": images})

@@ -12,10 +12,8 @@ import pytest
 import torch
 
 from pyro_gen.data import (
-    binarized_mnist,
     download_dataset,
     download_file,
-    frey,
     load_dataset,
 )
 from pyro_gen.errors import ChecksumError, DataNotFoundError
@@ -91,7 +89,7 @@ def test_binarized_mnist_download_and_conversion(shared_data, tmp_path, monkeypa
     with np.load(shared_data / "binarized_mnist.npz") as z:
         for split in ("train", "valid", "test"):
             _write_amat(z[split], src / f"binarized_mnist_{split}.amat")
-    monkeypatch.setattr(binarized_mnist, "AMAT_URL", src.as_uri() + "/binarized_mnist_{split}.amat")
+    monkeypatch.setenv("PYRO_GEN_MIRROR", str(src))
     data_dir = tmp_path / "data"
     test = load_dataset("binarized_mnist", "test", data_dir=data_dir, download=True)
     assert sorted(p.name for p in data_dir.iterdir()) == ["binarized_mnist.npz"]
@@ -104,7 +102,7 @@ def test_binarized_mnist_download_rejects_wrong_file(tmp_path, monkeypatch):
     src.mkdir()
     for split in ("train", "valid", "test"):
         (src / f"binarized_mnist_{split}.amat").write_text("0 1\n")
-    monkeypatch.setattr(binarized_mnist, "AMAT_URL", src.as_uri() + "/binarized_mnist_{split}.amat")
+    monkeypatch.setenv("PYRO_GEN_MIRROR", str(src))
     data_dir = tmp_path / "data"
     with pytest.raises(ChecksumError, match="binarized_mnist_train.amat"):
         load_dataset("binarized_mnist", data_dir=data_dir, download=True)
@@ -117,7 +115,7 @@ def test_frey_download_and_conversion(shared_data, tmp_path, monkeypatch):
     images = np.load(shared_data / "frey_faces.npz")["images"]
     mat = tmp_path / "frey_rawface.mat"
     savemat(mat, {"ff": images.reshape(1965, 560).T})  # the original layout
-    monkeypatch.setattr(frey, "URL", mat.as_uri())
+    monkeypatch.setenv("PYRO_GEN_MIRROR", tmp_path.as_uri())
     data_dir = tmp_path / "data"
     got = load_dataset("frey_faces", "test", data_dir=data_dir, download=True)
     assert torch.equal(got.x, load_dataset("frey_faces", "test", data_dir=shared_data).x)
@@ -130,7 +128,7 @@ def test_frey_download_rejects_other_content(shared_data, tmp_path, monkeypatch)
     images = np.load(shared_data / "frey_faces.npz")["images"][::-1]  # right shape, wrong data
     mat = tmp_path / "frey_rawface.mat"
     savemat(mat, {"ff": images.reshape(1965, 560).T})
-    monkeypatch.setattr(frey, "URL", mat.as_uri())
+    monkeypatch.setenv("PYRO_GEN_MIRROR", tmp_path.as_uri())
     data_dir = tmp_path / "data"
     with pytest.raises(ChecksumError, match="Frey"):
         load_dataset("frey_faces", data_dir=data_dir, download=True)
