@@ -270,10 +270,15 @@ def save_checkpoint(ckpt: dict, path: Path) -> None:
 
 
 def _damage_hint(path: Path) -> str:
+    best, last = path.with_name("best.pt"), path.with_name("last.pt")
     if path.name == "last.pt":
-        return f"resume from best.pt instead (copy {path.with_name('best.pt')} over {path}; training continues from its epoch) or retrain"
+        if not best.is_file():
+            return f"there is no {best} to resume from instead: retrain"
+        return f"resume from best.pt instead (copy {best} over {path}; training continues from its epoch) or retrain"
     if path.name == "best.pt":
-        return f"use {path.with_name('last.pt')} instead, or retrain"
+        if not last.is_file():
+            return "there is no last.pt beside it: retrain"
+        return f"remove it to use {last} instead (the run's final weights; the run's commands fall back to it), or retrain"
     return "use another checkpoint of the run (best.pt or last.pt), or retrain"
 
 

@@ -65,6 +65,12 @@ class RunDir:
         if not self.path.is_dir():
             raise RunDirError(f"{self.path} is not a directory; give the run directory written by 'pyro-gen train'")
         if not (self.path / self.CONFIG).is_file():
+            present = [n for n in (self.LAST, self.BEST, self.POSTERIOR, self.HISTORY) if (self.path / n).exists()]
+            if present:  # a run whose config is gone: its files cannot be read without it
+                raise RunDirError(
+                    f"{self.path / self.CONFIG} is missing: {self.path} holds a run ({', '.join(present)}) that cannot be read "
+                    f"without its config; restore {self.CONFIG} from a copy of the run, or train the run again"
+                )
             raise RunDirError(f"{self.path} is not a pyro_gen run directory: it has no {self.CONFIG} (written by 'pyro-gen train')")
         return self
 
@@ -128,12 +134,22 @@ class RunDir:
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RunDirError(
-                f"{path} is damaged ({type(e).__name__}: {e}); remove it and run 'pyro-gen evaluate {self.path}' again"
-            ) from None
+            raise RunDirError(f"{path} is damaged ({type(e).__name__}: {e}); {self._json_fix(name)}") from None
         if not isinstance(data, dict):
-            raise RunDirError(f"{path} is damaged (a JSON object was expected); remove it and run 'pyro-gen evaluate {self.path}' again")
+            raise RunDirError(f"{path} is damaged (a JSON object was expected); {self._json_fix(name)}")
         return data
+
+    def _json_fix(self, name: str) -> str:
+        """What to do about a damaged JSON file ``name`` of the run."""
+        if name != self.TRAINING:
+            return f"remove it and run 'pyro-gen evaluate {self.path}' again"
+        if (self.path / self.LAST).is_file():
+            # evaluate alone would score the run without its training record; a resume rewrites it first
+            return (
+                f"remove it and run 'pyro-gen train --resume --run-dir {self.path}' (it rewrites {name} from "
+                f"{self.HISTORY} and {self.LAST}, then scores the run)"
+            )
+        return "restore it from a copy of the run, or train the run again"
 
     def training(self) -> dict:
         """What fitting recorded in ``training.json`` (``{}`` before it finished)."""
