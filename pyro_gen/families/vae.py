@@ -114,15 +114,20 @@ class VAEScores(Scores):
 
 
 def resolve_likelihood(config) -> tuple[str, str]:
-    """``(likelihood, how it was chosen)``: the config's, or the one the dataset's values call for."""
-    if config.model.likelihood is not None:
-        return config.model.likelihood, "given in the config (model.likelihood)"
+    """``(likelihood, how it relates to the dataset)``: the config's, or the one the dataset's values call for.
+
+    The description depends on the config and the dataset only (not on whether this process chose the
+    likelihood), so a resumed run records what the uninterrupted run records.
+    """
     from pyro_gen.data import dataset_info
     from pyro_gen.models.likelihoods import default_likelihood
 
     info = dataset_info(config.data.name, config.data.binarize)
-    name, reason = default_likelihood(info.values)
-    return name, f"chosen from the dataset: {config.data.name} holds {reason}; set model.likelihood to choose another"
+    default, reason = default_likelihood(info.values)
+    given = config.model.likelihood
+    if given is None or given == default:
+        return default, f"chosen from the dataset: {config.data.name} holds {reason}; set model.likelihood to choose another"
+    return given, f"given in the config (model.likelihood; the dataset's default is {default})"
 
 
 class VAEFamily(Family):
