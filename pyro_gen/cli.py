@@ -145,9 +145,13 @@ def _interrupted() -> tuple:
 
 
 def _resume_hint(args) -> str:
-    if args.command == "train" and getattr(args, "run_dir", None):
-        return f"; continue with: pyro-gen train --resume --run-dir {args.run_dir}"
-    return ""
+    if args.command != "train" or not getattr(args, "run_dir", None):
+        return ""
+    from pyro_gen.run import RunDir
+
+    if RunDir(args.run_dir).is_complete():  # stopped while scoring the finished run
+        return f"; the training finished: score it with: pyro-gen evaluate {args.run_dir}"
+    return f"; continue with: pyro-gen train --resume --run-dir {args.run_dir}"
 
 
 def main(argv=None) -> int:

@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from checkpoint_support import assert_same
 
 from pyro_gen.families import get_family
 from pyro_gen.infer.trainer import load_checkpoint
@@ -122,20 +122,6 @@ def one_line_error(result: subprocess.CompletedProcess, command: str) -> str:
 
 
 # -- comparing runs -------------------------------------------------------------------------------------
-def assert_same(a, b, where="checkpoint"):
-    """Recursively equal: tensors bit for bit (``torch.equal``), everything else by ``==``."""
-    if torch.is_tensor(a):
-        assert torch.is_tensor(b) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(a)} != {sorted(b)}"
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), f"{where} differs"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
 
 
 def history(run_dir: Path) -> list[dict]:
