@@ -133,7 +133,9 @@ def references(tmp_path_factory):
 
 # -- the child process ------------------------------------------------------------------------------
 def spawn(*args) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the child runs this file as a script: it needs the shared test helpers' folder (pytest's pythonpath) too
+    tests = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(
         [sys.executable, str(HERE), str(torch.get_num_threads()), *map(str, args)],
         stdout=subprocess.PIPE,
