@@ -1,9 +1,27 @@
-"""Amortized guides: encode x, build q(z | x) per local latent, sample the model's sites.
+"""Amortized guides built for the declared graph: encode x, then q(z_i | x, parents of z_i) per local latent.
 
 The guide samples exactly the model's latent site names inside the model's own data
 plate, so any family plugs into any :class:`~pyro_gen.models.LatentModel` unchanged.
 Global latents (one draw for the whole dataset) get a Pyro autoguide
 (``AutoNormal`` or ``AutoDelta``) over those sites only.
+
+**Order and dependencies (top-down).** Local latents are sampled in the model's declaration
+order, parents first, and each latent's family reads the encoder features ``h(x)`` concatenated
+with the values of its model parents: ``q(z_2 | x) q(z_1 | x, z_2)`` for ``p(z_2) p(z_1 | z_2)
+p(x | z_1)``. This is the factorization of the exact posterior in the generative direction, the
+top-down inference of ladder VAEs (Sonderby et al. 2016) and of the IAF-VAE's bidirectional
+inference (Kingma et al. 2016), which share the prior's structure with the guide; a bottom-up
+guide (``q(z_1 | x) q(z_2 | z_1)``) cannot express the posterior's dependence of ``z_1`` on
+``z_2`` given ``x`` without more than the parents. Global parents enter as their sampled values.
+
+**Constrained supports.** A latent whose prior lives on a constrained support (positive,
+unit interval, simplex) gets its family on the unconstrained space, pushed through
+``biject_to(prior.support)`` with the log-determinant counted (as Pyro's autoguides do), so every
+draw is in the support: Gamma, Beta, HalfNormal, LogNormal, Dirichlet priors work.
+
+**Input transforms.** The encoder sees data through :class:`InputTransform` chosen by the
+likelihood (``log1p`` for counts, standardization for real values), so raw counts do not
+saturate its first layer.
 """
 
 import math
@@ -15,25 +33,81 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from torch import nn
+from torch.distributions import biject_to, constraints
 
 from pyro_gen.errors import ConfigError
 from pyro_gen.models.checks import check_batch, check_data_tensor
 from pyro_gen.models.latent import LatentModel
 
 
+class InputTransform(nn.Module):
+    """What the encoder sees of the data: ``None`` (as is), ``"log1p"`` (counts) or ``"standardize"`` (real values).
+
+    ``standardize`` subtracts a per-value mean and divides by a standard deviation, both fitted on
+    the first batch seen in training mode and then fixed (buffers, saved with the guide). A guide
+    saved before this transform existed loads as the identity, which is what it was trained with.
+    """
+
+    KINDS = (None, "log1p", "standardize")
+
+    def __init__(self, kind: str | None, data_shape):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ConfigError(f"unknown input transform {kind!r}; choose None, 'log1p' or 'standardize'")
+        self.kind = kind
+        if kind == "standardize":
+            self.register_buffer("mean", torch.zeros(tuple(data_shape)))
+            self.register_buffer("std", torch.ones(tuple(data_shape)))
+            self.register_buffer("fitted", torch.tensor(False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "log1p":
+            return torch.log1p(x)
+        if self.kind == "standardize":
+            if self.training and not bool(self.fitted):
+                flat = x.detach().reshape(-1, *self.mean.shape)
+                self.mean.copy_(flat.mean(0))
+                self.std.copy_(flat.std(0, unbiased=False).clamp(min=1e-3) if len(flat) > 1 else torch.ones_like(self.std))
+                self.fitted.fill_(True)
+            return (x - self.mean) / self.std
+        return x
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        if self.kind == "standardize" and prefix + "mean" not in state_dict:
+            # a guide saved before input transforms existed saw raw data: load it as the identity
+            state_dict = dict(state_dict)
+            state_dict[prefix + "mean"] = torch.zeros_like(self.mean)
+            state_dict[prefix + "std"] = torch.ones_like(self.std)
+            state_dict[prefix + "fitted"] = torch.tensor(True)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+
+def unconstrained_shape(support, shape) -> tuple[int, ...]:
+    """The shape of the unconstrained variable that ``biject_to(support)`` maps onto values of ``shape``."""
+    return tuple(biject_to(support).inverse_shape(torch.Size(shape)))
+
+
 class AmortizedGuide(nn.Module):
-    """q(globals) prod_n q(z_n | x_n) for a :class:`LatentModel`.
+    """q(globals) prod_n prod_i q(z_i,n | x_n, parents of z_i) for a :class:`LatentModel`.
 
     :param model: the model whose latent sites this guide samples.
     :param encoder: a module mapping a batch ``(B, *data_shape)`` to features ``(B, context_dim)``.
-    :param families: one module per local latent (in declaration order) mapping features to a
-        distribution over the flattened latent (see :mod:`pyro_gen.guides.families`).
+    :param families: one module per local latent (in declaration order) mapping the features, with
+        the flattened values of the latent's parents appended, to a distribution over the flattened
+        (unconstrained) latent (see :mod:`pyro_gen.guides.families`).
     :param str global_guide: ``"normal"`` (AutoNormal) or ``"delta"`` (AutoDelta, MAP) for global latents.
     :param str name: the guide's name as given to :func:`make_guide`, for tables and run directories.
+    :param supports: the support of each local latent's prior (default: all real).
     """
 
     def __init__(
-        self, model: LatentModel, encoder: nn.Module, families: list[nn.Module], global_guide: str = "normal", name: str = "custom"
+        self,
+        model: LatentModel,
+        encoder: nn.Module,
+        families: list[nn.Module],
+        global_guide: str = "normal",
+        name: str = "custom",
+        supports=None,
     ):
         super().__init__()
         self.encoder = encoder
@@ -43,6 +117,11 @@ class AmortizedGuide(nn.Module):
         self.data_shape = tuple(model.data_shape)
         if len(families) != len(self.local_latents):
             raise ConfigError(f"need one family per local latent ({len(self.local_latents)}), got {len(families)}")
+        self.supports = list(supports) if supports is not None else [constraints.real] * len(self.local_latents)
+        # the model's parents of each local latent, as (index into local latents | name of a global latent)
+        local_index = {lat.name: i for i, lat in enumerate(self.local_latents)}
+        event_ndim = {lat.name: len(lat.shape) for lat in model.latents}
+        self._parents = [[(local_index.get(p), p, event_ndim[p]) for p in lat.parents] for lat in self.local_latents]
         # the plate is the model's; keep a reference to the bound method, not the model
         self._data_plate = model.data_plate
         self.global_guide = None
@@ -57,20 +136,45 @@ class AmortizedGuide(nn.Module):
                 self.global_guide = auto(exposed)
 
     def posterior(self, x: torch.Tensor) -> list[dist.TorchDistribution]:
-        """q(z | x) for each local latent, as distributions over the latents' shapes (no Pyro sites)."""
-        self._check_input(x)
-        return self._posterior(x)
+        """q(z_i | x, parents) for each local latent, as distributions over the latents' shapes (no Pyro sites).
 
-    def _posterior(self, x: torch.Tensor) -> list[dist.TorchDistribution]:
+        A latent with parents gets its q at one draw of its parents (from their own q's, in order).
+        """
+        self._check_input(x)
+        qs, values = [], {}
         h = self.encoder(x)
-        out = []
-        for lat, family in zip(self.local_latents, self.families):
-            q = family(h)
-            if len(lat.shape) != 1:
-                reshape = torch.distributions.transforms.ReshapeTransform((lat.size,), lat.shape)
-                q = dist.TransformedDistribution(q, [reshape])
-            out.append(q)
-        return out
+        for i in range(len(self.local_latents)):
+            q = self._q(i, h, values)
+            values[i] = q.sample()
+            qs.append(q)
+        return qs
+
+    def _q(self, i: int, h: torch.Tensor, values: dict) -> dist.TorchDistribution:
+        """q of the ``i``-th local latent given features ``h`` and the values sampled so far (by local index or name)."""
+        lat, family = self.local_latents[i], self.families[i]
+        if self._parents[i]:
+            parts = [h]
+            for local, name, event in self._parents[i]:
+                v = values[local] if local is not None else values[name]
+                parts.append(v.reshape(v.shape[: v.dim() - event] + (-1,)) if event else v.unsqueeze(-1))
+            # parents drawn in a particle plate carry its dimension: broadcast the features to it
+            lead = torch.broadcast_shapes(*(t.shape[:-1] for t in parts))
+            context = torch.cat([t.expand(lead + t.shape[-1:]) for t in parts], dim=-1)
+        else:
+            context = h
+        q = family(context)
+        support = self.supports[i]
+        shape = unconstrained_shape(support, lat.shape) if support is not constraints.real else lat.shape
+        transforms = []
+        if len(shape) != 1:
+            transforms.append(torch.distributions.transforms.ReshapeTransform((math.prod(shape),), shape))
+        if support is not constraints.real:
+            transforms.append(biject_to(support))
+        if not transforms:
+            return q
+        if isinstance(q, dist.TransformedDistribution):  # a flow: one chain of transforms
+            return dist.TransformedDistribution(q.base_dist, list(q.transforms) + transforms)
+        return dist.TransformedDistribution(q, transforms)
 
     @torch.no_grad()
     def global_point_estimate(self, x: torch.Tensor) -> dict:
@@ -91,17 +195,24 @@ class AmortizedGuide(nn.Module):
 
     def forward(self, x: torch.Tensor, *, batch_size: int | None = None, data_size: int | None = None):
         self._check_input(x)
+        values: dict = {}
         if self.global_guide is not None:
-            self.global_guide(x, data_size=data_size)
+            values.update(self.global_guide(x, data_size=data_size) or {})
+        out = []
         with self._data_plate(x.shape[0], data_size):
-            return [pyro.sample(lat.name, q) for lat, q in zip(self.local_latents, self._posterior(x))]
+            h = self.encoder(x)
+            for i, lat in enumerate(self.local_latents):
+                values[i] = pyro.sample(lat.name, self._q(i, h, values))
+                out.append(values[i])
+        return out
 
 
-def default_encoder(data_shape, hidden=(300, 300), net: str = "mlp") -> tuple[nn.Module, int]:
+def default_encoder(data_shape, hidden=(300, 300), net: str = "mlp", input_transform: str | None = None) -> tuple[nn.Module, int]:
     """The encoder body shared by all families: returns ``(module, context_dim)``.
 
     ``mlp``: ``data -> hidden[0] -> ... -> hidden[-1]`` with ReLUs (the last hidden layer's
     activations are the features ``h``); ``conv``: strided convolutions then ``hidden[-1]`` features.
+    ``input_transform``: see :class:`InputTransform` (none by default).
     """
     from pyro_gen.nn import MLP, ConvEncoder
 
@@ -118,4 +229,6 @@ def default_encoder(data_shape, hidden=(300, 300), net: str = "mlp") -> tuple[nn
         body = ConvEncoder(data_shape, hidden[-1], hidden=hidden[0])
     else:
         raise ConfigError(f"unknown network {net!r}; choose 'mlp' or 'conv'")
-    return nn.Sequential(body, nn.ReLU()), hidden[-1]
+    if input_transform is None:
+        return nn.Sequential(body, nn.ReLU()), hidden[-1]
+    return nn.Sequential(InputTransform(input_transform, data_shape), body, nn.ReLU()), hidden[-1]

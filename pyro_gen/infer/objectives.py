@@ -130,7 +130,9 @@ def flow_kl(q, p, z):
     no analytic KL to ``p``.
     """
     transforms = getattr(q, "transforms", None)
-    if not transforms or q.base_dist.event_shape != p.event_shape:
+    if not transforms or q.base_dist.event_shape != p.event_shape or not _is_real(p.support):
+        # a prior on a constrained support: q's transforms then include biject_to(support), and the
+        # base's KL to p is not defined (torch answers infinity for Normal || Gamma)
         return None
     try:
         base_kl = kl_divergence(q.base_dist, p)
@@ -149,6 +151,12 @@ def flow_kl(q, p, z):
     mc = q.base_dist.log_prob(y) - log_det - p.log_prob(z)
     cv = base_kl - (q.base_dist.log_prob(y) - log_p_z0)
     return mc + control_variate_coefficient(mc, cv) * cv
+
+
+def _is_real(support) -> bool:
+    while isinstance(support, torch.distributions.constraints.independent):
+        support = support.base_constraint
+    return type(support) is type(torch.distributions.constraints.real)
 
 
 def control_variate_coefficient(estimate: torch.Tensor, control: torch.Tensor) -> torch.Tensor:

@@ -48,26 +48,62 @@ from pyro_gen.models.likelihoods import Likelihood
 DATA_PLATE = "data"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Latent:
     """A latent sample site.
 
     :param str name: the site name: the contract between model and guide.
     :param tuple shape: the event shape of one draw (per datapoint when local).
     :param prior: a distribution whose samples have ``shape`` or broadcast to it
-        (e.g. ``dist.Laplace(0., 1.)``); default a standard Normal.
+        (e.g. ``dist.Laplace(0., 1.)``; its support may be constrained: Gamma, Beta, HalfNormal,
+        LogNormal, Dirichlet); or a module / callable of the ``parents``' values returning such a
+        distribution (a learned or conditional prior, :mod:`pyro_gen.models.priors`); default a
+        standard Normal. A module prior is part of the model: registered, trained, checkpointed.
+    :param tuple parents: names of latents declared before this one that its prior reads, in the
+        order it takes them (a hierarchy: ``Latent("z1", prior=GaussianPrior(16, 32), parents=("z2",))``).
     :param bool local: one draw per datapoint (inside the data plate) or one global draw.
     """
 
     name: str
     shape: tuple = ()
-    prior: dist.Distribution | None = None
+    prior: object = None
     local: bool = True
+    parents: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(self.shape))
-        if self.prior is not None and not isinstance(self.prior, torch.distributions.Distribution):
-            raise ConfigError(f"prior of latent {self.name!r} must be a torch/Pyro distribution, got {type(self.prior).__name__}")
+        parents = (self.parents,) if isinstance(self.parents, str) else tuple(self.parents)
+        object.__setattr__(self, "parents", parents)
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"a latent needs a non-empty string name, got {self.name!r}")
+        if self.prior is None or isinstance(self.prior, torch.distributions.Distribution):
+            if parents:
+                raise ConfigError(
+                    f"latent {self.name!r} names parents {parents} but its prior is a fixed distribution: give a module or "
+                    "callable prior that takes the parents' values, e.g. pyro_gen.models.priors.GaussianPrior"
+                )
+            if self.prior is not None:
+                self._check_fixed_prior()
+        elif not callable(self.prior):
+            raise ConfigError(
+                f"prior of latent {self.name!r} must be a distribution or a module / callable returning one, got {type(self.prior).__name__}"
+            )
+
+    def _check_fixed_prior(self) -> None:
+        from pyro_gen.models.priors import parameter_tensors
+
+        if parameter_tensors(self.prior):
+            raise ConfigError(
+                f"the prior of latent {self.name!r} holds tensors that require a gradient: a fixed distribution is never "
+                "trained (its tensors belong to no module). Give a module prior instead, e.g. "
+                "pyro_gen.models.priors.LearnedNormal / MixturePrior, or a Prior subclass that holds nn.Parameters"
+            )
+        if self.prior.support.is_discrete:
+            raise ConfigError(
+                f"latent {self.name!r} has a discrete prior ({type(self.prior).__name__}): discrete latents (summed out by "
+                "enumeration, or with a categorical guide) are not supported by LatentModel yet, and a continuous guide on "
+                "a discrete site would give a wrong bound; model it as continuous, or use Pyro's TraceEnum_ELBO directly"
+            )
 
     @property
     def size(self) -> int:
@@ -83,16 +119,35 @@ def _move_distribution(d: dist.Distribution, device: torch.device) -> dist.Distr
 
 
 def declared_prior(lat: Latent, device: torch.device) -> dist.Distribution:
-    """A latent's declared (non-default) prior on ``device``, with event shape equal to ``lat.shape``.
+    """A latent's declared fixed prior on ``device``, with event shape equal to ``lat.shape``.
 
     The prior's batch dimensions become event dimensions, so one site holds the whole latent.
     """
     d = lat.prior if device == torch.device("cpu") else _move_distribution(lat.prior, device)
+    return as_latent_distribution(lat, d)
+
+
+def as_latent_distribution(lat: Latent, d) -> dist.Distribution:
+    """``d`` with event shape ``lat.shape``: its rightmost batch dims become event dims (checked)."""
+    if not isinstance(d, torch.distributions.Distribution):
+        raise ConfigError(f"the prior of latent {lat.name!r} returned {type(d).__name__}, not a distribution")
+    if d.support.is_discrete:
+        raise ConfigError(
+            f"the prior of latent {lat.name!r} is discrete ({type(d).__name__}): discrete latents are not supported by "
+            "LatentModel yet (a continuous guide on a discrete site would give a wrong bound)"
+        )
     extra = len(lat.shape) - len(d.event_shape)
-    if extra < 0:
-        raise ConfigError(f"prior of latent {lat.name!r} has event shape {tuple(d.event_shape)}, larger than shape {lat.shape}")
-    d = d.expand(torch.Size(lat.shape[:extra]))
-    return d.to_event(extra) if extra else d
+    if extra < 0 or tuple(d.event_shape) != lat.shape[len(lat.shape) - len(d.event_shape) :]:
+        raise ConfigError(
+            f"the prior of latent {lat.name!r} has event shape {tuple(d.event_shape)}, which does not end the latent's shape {lat.shape}"
+        )
+    if extra:
+        tail = lat.shape[:extra]
+        if tuple(d.batch_shape)[-extra:] != tail:
+            lead = tuple(d.batch_shape)[: max(len(d.batch_shape) - extra, 0)]
+            d = d.expand(torch.Size(lead + tail))
+        d = d.to_event(extra)
+    return d
 
 
 class LatentModel(nn.Module):
@@ -131,7 +186,22 @@ class LatentModel(nn.Module):
             raise ConfigError(f"latent and observed site names must be unique; got latents {names} and obs {obs_name!r}")
         if not any(lat.local for lat in latents):
             raise ConfigError("a LatentModel needs at least one local latent (one per datapoint)")
+        declared: dict[str, Latent] = {}
+        for lat in latents:
+            for parent in lat.parents:
+                if parent not in declared:
+                    where = "is declared after it" if parent in names else "is not a latent of this model"
+                    raise ConfigError(f"latent {lat.name!r} names parent {parent!r}, which {where}: declare parents first")
+                if declared[parent].local and not lat.local:
+                    raise ConfigError(
+                        f"global latent {lat.name!r} cannot depend on local latent {parent!r} (one draw per datapoint): "
+                        f"make {lat.name!r} local or drop the parent"
+                    )
+            declared[lat.name] = lat
         self.latents = latents
+        self._index = {lat.name: i for i, lat in enumerate(latents)}
+        # module priors are part of the model: trained, moved and saved with it
+        self.priors = nn.ModuleDict({lat.name: lat.prior for lat in latents if isinstance(lat.prior, nn.Module)})
         self.decoder = decoder
         self.likelihood = likelihood
         self.data_shape = tuple(data_shape)
@@ -154,12 +224,25 @@ class LatentModel(nn.Module):
     def global_latents(self) -> list[Latent]:
         return [lat for lat in self.latents if not lat.local]
 
-    def prior(self, index: int) -> dist.Distribution:
-        """The prior of the ``index``-th latent, with event shape equal to its shape."""
+    def parents_of(self, index: int) -> list[int]:
+        """Indices of the latents the ``index``-th latent's prior reads, in the order it takes them."""
+        return [self._index[p] for p in self.latents[index].parents]
+
+    def prior(self, index: int, values=None) -> dist.Distribution:
+        """The prior of the ``index``-th latent, with event shape equal to its shape.
+
+        ``values``: the latents' values so far (declaration order), read by a prior with parents.
+        A module or callable prior is called afresh each time (its parameters train).
+        """
         lat = self.latents[index]
         if lat.prior is None:
             loc, scale = getattr(self, f"_prior_loc_{index}"), getattr(self, f"_prior_scale_{index}")
             return dist.Normal(loc, scale, validate_args=False).to_event(len(lat.shape))
+        if not isinstance(lat.prior, torch.distributions.Distribution):
+            parents = [values[i] for i in self.parents_of(index)] if lat.parents else []
+            if any(v is None for v in parents):
+                raise ConfigError(f"the prior of latent {lat.name!r} needs its parents' values {lat.parents}")
+            return as_latent_distribution(lat, lat.prior(*parents))
         device = self._device()
         key = (index, device)
         if key not in self._moved_priors:
@@ -234,11 +317,11 @@ class LatentModel(nn.Module):
         values = [None] * len(self.latents)
         for i, lat in enumerate(self.latents):
             if not lat.local:
-                values[i] = pyro.sample(lat.name, self.prior(i))
+                values[i] = pyro.sample(lat.name, self.prior(i, values))
         with self.data_plate(batch_size, data_size):
             for i, lat in enumerate(self.latents):
                 if lat.local:
-                    values[i] = pyro.sample(lat.name, self.prior(i))
+                    values[i] = pyro.sample(lat.name, self.prior(i, values))
             params = self.decode(*values)
             pyro.sample(self.obs_name, self.likelihood(params, len(self.data_shape)), obs=x)
         return params

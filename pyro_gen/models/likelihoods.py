@@ -28,6 +28,10 @@ class Likelihood(nn.Module):
     """
 
     params_per_value = 1
+    #: How an amortized guide's encoder should see data of this likelihood before its first layer
+    #: (:class:`pyro_gen.guides.amortized.InputTransform`): ``None`` (as they are), ``"log1p"``
+    #: (counts, whose raw values span orders of magnitude) or ``"standardize"`` (real values).
+    encoder_input: str | None = None
 
     def validate(self, x: torch.Tensor) -> None:
         """Raise :class:`~pyro_gen.errors.DataError` when ``x`` has NaN / inf or is outside the support.
@@ -110,6 +114,8 @@ class ContinuousBernoulli(Likelihood):
 class _LocationScale(Likelihood):
     """Shared logic of location-scale likelihoods with a fixed, learned or predicted scale."""
 
+    encoder_input = "standardize"
+
     family: type
 
     def __init__(self, scale="learned", data_shape=None, min_scale: float = 1e-3):
@@ -156,6 +162,8 @@ class Laplace(_LocationScale):
 
 class Poisson(Likelihood):
     """Poisson likelihood for count data; the decoder outputs log rates."""
+
+    encoder_input = "log1p"
 
     def validate(self, x):
         check_finite(x)

@@ -44,7 +44,7 @@ def posterior_mean(x):
 
 def hand_set_guide(model):
     """make_guide("normal") with weights such that q(z | x) = N(posterior mean, diag(Q_STD^2))."""
-    guide = make_guide("normal", model, hidden=(16,))
+    guide = make_guide("normal", model, hidden=(16,), input_transform=None)  # the weights are set by hand below
     (first,) = [m for m in guide.encoder.modules() if isinstance(m, nn.Linear)]
     head = guide.families[0].linear
     assert (first.in_features, first.out_features, head.in_features, head.out_features) == (D, 16, 16, 2 * d)
@@ -228,7 +228,7 @@ def global_bias_model():
 
 def test_model_with_a_global_latent_gives_finite_log_px_even_untrained():
     model = global_bias_model()
-    guide = make_guide("normal", model, hidden=(16,))
+    guide = make_guide("normal", model, hidden=(16,), input_transform=None)  # the weights are set by hand below
     x = torch.randn(12, D)
     r = log_likelihood(model, guide, x, num_samples=20, chunk_size=50)
     assert r.log_px.shape == (12,)

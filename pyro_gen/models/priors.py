@@ -1,0 +1,167 @@
+"""Priors as modules: learned, conditional on parent latents, or built from the guide (VampPrior).
+
+A :class:`~pyro_gen.models.Latent` takes as ``prior`` a fixed distribution, or a module (or any
+callable) that maps the values of the latents it names as ``parents`` to a distribution whose
+event shape is the latent's shape. Module priors are part of the model: registered, trained with
+it, moved by ``.to(device)`` and saved in its checkpoints.
+
+* :class:`GaussianPrior`: ``p(z | parents) = N(mu(parents), sigma(parents))`` with an MLP: the
+  top-down prior of a hierarchical (ladder) VAE (Sonderby et al. 2016).
+* :class:`LearnedNormal`: a diagonal Normal with trainable location and scale.
+* :class:`MixturePrior`: a mixture of ``K`` diagonal Gaussians with trainable weights, means and
+  scales (e.g. Dilokthanakul et al. 2016; Tomczak & Welling 2018 compare it with the VampPrior).
+* :class:`VampPrior`: ``p(z) = 1/K sum_k q(z | u_k)`` with trainable pseudo-inputs ``u_k`` passed
+  through the guide's own encoder (Tomczak & Welling, "VAE with a VampPrior", AISTATS 2018). The
+  components are the guide's *base* Gaussians ``q0(z | u_k)``, so it works with every guide family
+  (planar and radial flows have no inverse, and an IAF's costs D passes); with the ``normal`` guide
+  that is exactly the paper's prior. :func:`~pyro_gen.guides.make_guide` binds it to the guide.
+
+References:
+  Sonderby et al., Ladder Variational Autoencoders, NeurIPS 2016.
+  Tomczak & Welling, VAE with a VampPrior, AISTATS 2018.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pyro_gen.errors import ConfigError
+
+_MIN_SCALE = 1e-5
+
+
+def _as_shape(shape) -> tuple[int, ...]:
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not shape or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in shape):
+        raise ConfigError(f"a prior's shape must be positive integers, e.g. (16,); got {shape}")
+    return shape
+
+
+class Prior(nn.Module):
+    """Base of module priors: ``forward(*parent_values)`` returns a distribution over the latent.
+
+    Subclasses return a distribution whose event shape is ``shape`` and whose batch shape is the
+    parents' batch shape (``()`` for a prior without parents: the model expands it).
+    """
+
+    shape: tuple[int, ...] = ()
+
+
+class LearnedNormal(Prior):
+    """A diagonal Normal prior with trainable location and (softplus) scale, started at N(0, I)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = _as_shape(shape)
+        self.loc = nn.Parameter(torch.zeros(self.shape))
+        self.raw_scale = nn.Parameter(torch.full(self.shape, math.log(math.e - 1)))  # softplus -> 1
+
+    def forward(self) -> dist.TorchDistribution:
+        return dist.Normal(self.loc, F.softplus(self.raw_scale) + _MIN_SCALE).to_event(len(self.shape))
+
+
+class GaussianPrior(Prior):
+    """``p(z | parents) = N(mu, sigma)`` with ``(mu, sigma)`` an MLP of the concatenated (flattened) parents.
+
+    :param parent_dim: total size of the parents' values.
+    :param dim: size of the latent.
+    :param hidden: the MLP's hidden widths.
+    """
+
+    def __init__(self, parent_dim: int, dim: int, hidden=(64,)):
+        super().__init__()
+        from pyro_gen.nn import MLP
+
+        self.shape = (int(dim),)
+        self.net = MLP(int(parent_dim), list(hidden), 2 * int(dim))
+
+    def forward(self, *parents: torch.Tensor) -> dist.TorchDistribution:
+        context = torch.cat([p.reshape(p.shape[: p.dim() - 1] + (-1,)) if p.dim() else p for p in parents], dim=-1)
+        loc, raw = self.net(context).chunk(2, dim=-1)
+        return dist.Normal(loc, F.softplus(raw) + _MIN_SCALE).to_event(1)
+
+
+class MixturePrior(Prior):
+    """A mixture of ``components`` diagonal Gaussians over a vector latent, every parameter trainable.
+
+    Means start spread by a seeded N(0, I) draw (so the components are not interchangeable at
+    the start), scales at 1, weights uniform.
+    """
+
+    def __init__(self, components: int, dim: int, seed: int = 0):
+        super().__init__()
+        if components < 1:
+            raise ConfigError(f"a mixture prior needs at least one component, got {components}")
+        self.shape = (int(dim),)
+        generator = torch.Generator().manual_seed(seed)
+        self.logits = nn.Parameter(torch.zeros(components))
+        self.locs = nn.Parameter(torch.randn(components, int(dim), generator=generator))
+        self.raw_scales = nn.Parameter(torch.full((components, int(dim)), math.log(math.e - 1)))
+
+    def forward(self) -> dist.TorchDistribution:
+        components = dist.Normal(self.locs, F.softplus(self.raw_scales) + _MIN_SCALE).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+class VampPrior(Prior):
+    """``p(z) = 1/K sum_k q0(z | u_k)``: the guide's base Gaussian at ``K`` trainable pseudo-inputs.
+
+    Built unbound (``VampPrior(K, data_shape)``); :func:`~pyro_gen.guides.make_guide` calls
+    :meth:`bind` with the guide's encoder and the latent's family. Pseudo-inputs start as seeded
+    uniform draws in [0, 1] (the range of image data), as in the paper.
+    """
+
+    def __init__(self, num_pseudo: int, data_shape, seed: int = 0):
+        super().__init__()
+        if num_pseudo < 1:
+            raise ConfigError(f"a VampPrior needs at least one pseudo-input, got {num_pseudo}")
+        self.data_shape = _as_shape(data_shape)
+        generator = torch.Generator().manual_seed(seed)
+        self.pseudo_inputs = nn.Parameter(torch.rand((num_pseudo, *self.data_shape), generator=generator))
+        self._bound: list = []  # [(encoder, family)], a list so that the guide's modules are not registered twice
+
+    def bind(self, encoder: nn.Module, family: nn.Module, shape) -> None:
+        """Use ``family(encoder(u))``'s base Gaussian as the components (done by ``make_guide``)."""
+        self.shape = _as_shape(shape)
+        self._bound[:] = [(encoder, family)]
+
+    def forward(self) -> dist.TorchDistribution:
+        if not self._bound:
+            raise ConfigError(
+                "this VampPrior is not bound to a guide yet: build the guide with pyro_gen.make_guide(name, model), "
+                "which binds it to the guide's encoder"
+            )
+        encoder, family = self._bound[0]
+        q = family(encoder(self.pseudo_inputs))
+        base = getattr(q, "base_dist", q)  # a flow's base Gaussian; the normal family's q itself
+        if not isinstance(base, dist.Independent):
+            base = base.to_event(1)
+        k = self.pseudo_inputs.shape[0]
+        mixing = dist.Categorical(logits=torch.zeros(k, device=self.pseudo_inputs.device))
+        components = base
+        if len(self.shape) != 1:
+            raise ConfigError(f"a VampPrior is for vector latents, got shape {self.shape}")
+        return dist.MixtureSameFamily(mixing, components)
+
+
+def parameter_tensors(d) -> list[torch.Tensor]:
+    """The tensors of a distribution (nested ones included) that require a gradient."""
+    found, stack, seen = [], [d], set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        for value in vars(obj).values():
+            if torch.is_tensor(value) and value.requires_grad:
+                found.append(value)
+            elif isinstance(value, torch.distributions.Distribution):
+                stack.append(value)
+            elif isinstance(value, (list, tuple)):
+                stack.extend(v for v in value if isinstance(v, torch.distributions.Distribution))
+    return found
