@@ -146,3 +146,20 @@ class ConvDecoder(nn.Module):
         y = self.head(z.reshape(-1, z.shape[-1])).reshape((-1,) + self.start)
         y = self.deconvs(y)[..., : self.out_shape[1], : self.out_shape[2]]
         return y.reshape(batch + self.out_shape)
+
+
+class Select(nn.Module):
+    """``module(args[index])``: a decoder that reads one of the latents it is given.
+
+    A :class:`~pyro_gen.models.LatentModel` calls its decoder with every latent's value in
+    declaration order; a hierarchical model's decoder usually reads the bottom one only:
+    ``Select(1, MLP(32, [300], 784))`` for latents ``(z2, z1)``. Being a module, the network's
+    parameters are registered with the model (a ``lambda`` closing over a module would hide them).
+    """
+
+    def __init__(self, index: int, module: nn.Module):
+        super().__init__()
+        self.index, self.module = index, module
+
+    def forward(self, *args):
+        return self.module(args[self.index])

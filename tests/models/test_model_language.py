@@ -184,6 +184,26 @@ def test_vamp_and_mixture_priors_train_with_every_guide_family(guide_name):
         assert math.isfinite(evaluate(model, guide, data[:10], num_samples=30)["nll"])
 
 
+def test_the_readme_hierarchical_vampprior_vae_trains_and_scores():
+    from pyro_gen.nn import MLP, Select
+
+    torch.manual_seed(0)
+    hvae = LatentModel(
+        latents=[
+            Latent("z2", shape=(16,), prior=VampPrior(num_pseudo=50, data_shape=(784,))),
+            Latent("z1", shape=(32,), prior=GaussianPrior(16, 32, hidden=(64,)), parents=("z2",)),
+        ],
+        decoder=Select(1, MLP(32, [300], 784)),
+        likelihood=make_likelihood("bernoulli"),
+        data_shape=(784,),
+    )
+    guide = make_guide({"z2": "iaf:2", "z1": "normal"}, hvae)
+    assert "decoder.module.0.weight" in dict(hvae.named_parameters())  # the network is the model's
+    x = (torch.rand(64, 784) > 0.5).float()
+    Trainer(hvae, guide, "elbo", epochs=1, batch_size=32, progress=False).fit(x)
+    assert math.isfinite(evaluate(hvae, guide, x[:8], num_samples=20)["nll"])
+
+
 def test_a_gaussian_prior_of_parents_builds_a_hierarchical_vae():
     model = LatentModel(
         [Latent("z2", shape=(2,)), Latent("z1", shape=(4,), prior=GaussianPrior(2, 4, hidden=(8,)), parents=("z2",))],
