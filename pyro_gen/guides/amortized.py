@@ -82,6 +82,14 @@ class InputTransform(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
 
+def context_dim_of(encoder, lat) -> int:
+    """The encoder's feature size, read off its last linear layer (the discrete head's input size)."""
+    linears = [m for m in encoder.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1].out_features
+    raise ConfigError(f"cannot tell the feature size of the encoder for discrete latent {lat.name!r}: give an encoder ending in nn.Linear")
+
+
 def unconstrained_shape(support, shape) -> tuple[int, ...]:
     """The shape of the unconstrained variable that ``biject_to(support)`` maps onto values of ``shape``."""
     return tuple(biject_to(support).inverse_shape(torch.Size(shape)))
@@ -108,19 +116,27 @@ class AmortizedGuide(nn.Module):
         global_guide: str = "normal",
         name: str = "custom",
         supports=None,
+        context_dim: int | None = None,
     ):
         super().__init__()
         self.encoder = encoder
-        self.families = nn.ModuleList(families)
         self.name = name
-        self.local_latents = model.local_latents
+        # a discrete latent gets a categorical q(y | x) (a linear head on the features); the objective
+        # sums it out, calling the guide once per value of y; every continuous family also reads y (one-hot)
+        self.discrete = [lat for lat in model.local_latents if getattr(lat, "is_discrete", False)]
+        if self.discrete and context_dim is None:
+            context_dim = context_dim_of(encoder, self.discrete[0])
+        self.discrete_heads = nn.ModuleList([nn.Linear(context_dim, lat.num_values) for lat in self.discrete])
+        self.families = nn.ModuleList(families)
+        self.local_latents = [lat for lat in model.local_latents if not getattr(lat, "is_discrete", False)]
         self.data_shape = tuple(model.data_shape)
         if len(families) != len(self.local_latents):
-            raise ConfigError(f"need one family per local latent ({len(self.local_latents)}), got {len(families)}")
+            raise ConfigError(f"need one family per continuous local latent ({len(self.local_latents)}), got {len(families)}")
         self.supports = list(supports) if supports is not None else [constraints.real] * len(self.local_latents)
         # the model's parents of each local latent, as (index into local latents | name of a global latent)
         local_index = {lat.name: i for i, lat in enumerate(self.local_latents)}
         event_ndim = {lat.name: len(lat.shape) for lat in model.latents}
+        self._discrete_names = {lat.name for lat in self.discrete}
         self._parents = [[(local_index.get(p), p, event_ndim[p]) for p in lat.parents] for lat in self.local_latents]
         # the plate is the model's; keep a reference to the bound method, not the model
         self._data_plate = model.data_plate
@@ -136,25 +152,38 @@ class AmortizedGuide(nn.Module):
                 self.global_guide = auto(exposed)
 
     def posterior(self, x: torch.Tensor) -> list[dist.TorchDistribution]:
-        """q(z_i | x, parents) for each local latent, as distributions over the latents' shapes (no Pyro sites).
+        """q for each local latent, as distributions over the latents' shapes (no Pyro sites): first the
+        categorical q(y | x) of a discrete latent, then the continuous latents in declaration order.
 
-        A latent with parents gets its q at one draw of its parents (from their own q's, in order).
+        A latent with parents (or after a discrete latent) gets its q at one draw of them, from their own q's.
         """
         self._check_input(x)
-        qs, values = [], {}
         h = self.encoder(x)
+        qs, values = [], {}
+        for lat, head in zip(self.discrete, self.discrete_heads):
+            q = dist.Categorical(logits=head(h))
+            values[lat.name] = q.sample()
+            qs.append(q)
         for i in range(len(self.local_latents)):
             q = self._q(i, h, values)
             values[i] = q.sample()
             qs.append(q)
         return qs
 
+    def discrete_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """``log q(y = k | x)`` of the discrete latent, ``(B, K)``."""
+        return self.discrete_heads[0](self.encoder(x)).log_softmax(-1)
+
     def _q(self, i: int, h: torch.Tensor, values: dict) -> dist.TorchDistribution:
         """q of the ``i``-th local latent given features ``h`` and the values sampled so far (by local index or name)."""
         lat, family = self.local_latents[i], self.families[i]
-        if self._parents[i]:
+        if self._parents[i] or self.discrete:
             parts = [h]
+            for d in self.discrete:  # q(z | x, y): a continuous latent reads the discrete one's value, one-hot
+                parts.append(torch.nn.functional.one_hot(values[d.name], d.num_values).to(h.dtype))
             for local, name, event in self._parents[i]:
+                if name in self._discrete_names:
+                    continue  # already read, one-hot
                 v = values[local] if local is not None else values[name]
                 parts.append(v.reshape(v.shape[: v.dim() - event] + (-1,)) if event else v.unsqueeze(-1))
             # parents drawn in a particle plate carry its dimension: broadcast the features to it
@@ -193,9 +222,16 @@ class AmortizedGuide(nn.Module):
         if ref is not None and x.device != ref.device:
             check_data_tensor(x, "x", device=ref.device, values=False, owner="guide")
 
-    def forward(self, x: torch.Tensor, *, batch_size: int | None = None, data_size: int | None = None):
+    def forward(self, x: torch.Tensor, *, batch_size: int | None = None, data_size: int | None = None, y=None):
         self._check_input(x)
         values: dict = {}
+        if self.discrete:
+            if y is None:
+                raise ConfigError(
+                    f"discrete latent {self.discrete[0].name!r} is summed out by enumeration: the objective calls the guide "
+                    "with each of its values (y); score data through pyro_gen's objectives or evaluator"
+                )
+            values[self.discrete[0].name] = y
         if self.global_guide is not None:
             values.update(self.global_guide(x, data_size=data_size) or {})
         out = []

@@ -98,22 +98,25 @@ def make_guide(
     elif context_dim is None:
         raise ConfigError("give context_dim (the encoder's output size) together with a custom encoder")
     sizes = {lat.name: lat.size for lat in model.latents}
+    discrete = [lat for lat in model.latents if getattr(lat, "is_discrete", False)]
+    continuous = [lat for lat in model.local_latents if not getattr(lat, "is_discrete", False)]
     supports = latent_supports(model)
     families = []
-    for lat, support in zip(model.local_latents, supports):
+    for lat, support in zip(continuous, supports):
         kind, layers = kinds[lat.name]
         dim = math.prod(unconstrained_shape(support, lat.shape)) if support is not constraints.real else lat.size
-        parents = sum(sizes[p] for p in lat.parents)
+        # every continuous family reads the discrete latent (one-hot: q(z | x, y), as in M2) and its other parents
+        parents = sum(d.num_values for d in discrete) + sum(sizes[p] for p in lat.parents if p not in {d.name for d in discrete})
         families.append(make_family(kind, context_dim + parents, dim, layers, flow_lr_scale))
     label = name if isinstance(name, str) else ",".join(f"{k}={v}" for k, v in name.items())
-    guide = AmortizedGuide(model, encoder, families, global_guide=global_guide, name=label, supports=supports)
+    guide = AmortizedGuide(model, encoder, families, global_guide=global_guide, name=label, supports=supports, context_dim=context_dim)
     _bind_vamp_priors(model, guide)
     return guide
 
 
 def _kinds_per_latent(name, model) -> dict:
     """``{latent name: (kind, layers)}`` for every local latent, from one name or a dict of names."""
-    local = [lat.name for lat in model.local_latents]
+    local = [lat.name for lat in model.local_latents if not getattr(lat, "is_discrete", False)]
     if isinstance(name, dict):
         unknown = sorted(set(name) - set(local))
         missing = [n for n in local if n not in name]
@@ -136,6 +139,8 @@ def latent_supports(model) -> list:
 
     supports, traced = [], None
     for lat in model.local_latents:
+        if getattr(lat, "is_discrete", False):
+            continue  # summed out by enumeration: no continuous guide
         prior = lat.prior
         if prior is None:
             supports.append(constraints.real)
@@ -150,7 +155,7 @@ def latent_supports(model) -> list:
                 with seeded(0), torch.no_grad():
                     traced = poutine.trace(model).get_trace(batch_size=1)
             supports.append(traced.nodes[lat.name]["fn"].support)
-    for lat, support in zip(model.local_latents, supports):
+    for lat, support in zip([lat for lat in model.local_latents if not getattr(lat, "is_discrete", False)], supports):
         if support.is_discrete:
             raise ConfigError(f"latent {lat.name!r} has a discrete support: a continuous guide cannot be put on it")
     return supports
@@ -159,9 +164,11 @@ def latent_supports(model) -> list:
 def _bind_vamp_priors(model, guide) -> None:
     from pyro_gen.models.priors import VampPrior
 
-    local = {lat.name: i for i, lat in enumerate(model.local_latents)}
+    local = {lat.name: i for i, lat in enumerate(guide.local_latents)}
     for lat in model.latents:
         if isinstance(lat.prior, VampPrior):
-            if lat.name not in local or lat.parents:
-                raise ConfigError(f"a VampPrior is a prior of a local latent without parents; {lat.name!r} is not one")
+            if lat.name not in local or lat.parents or guide.discrete:
+                raise ConfigError(
+                    f"a VampPrior is a prior of a local latent without parents, in a model without discrete latents; {lat.name!r} is not one"
+                )
             lat.prior.bind(guide.encoder, guide.families[local[lat.name]], lat.shape)

@@ -87,8 +87,22 @@ class TraceObjective:
         return self.loss_fn(model_trace, guide_trace)
 
     def __call__(self, model, guide, x, **kwargs) -> torch.Tensor:
+        from pyro_gen.infer.enumerate import has_discrete
+
+        if has_discrete(model):
+            labels, data_size = kwargs.pop("y", None), kwargs.pop("data_size", None)
+            if kwargs:
+                raise ConfigError(f"unexpected arguments {sorted(kwargs)} for a model with a discrete latent")
+            return self.enumerated_loss(model, guide, x, labels, data_size or len(x))
         model_trace, guide_trace = get_traces(model, guide, x, num_particles=self.num_particles, **kwargs)
         return self.loss(model_trace, guide_trace)
+
+    def enumerated_loss(self, model, guide, x, labels, data_size: int) -> torch.Tensor:
+        """The loss of a model with a discrete latent summed out (:mod:`pyro_gen.infer.enumerate`)."""
+        raise ConfigError(
+            f"{type(self).__name__} cannot sum out the discrete latent {model.discrete_latents[0].name!r}; use the "
+            "'elbo' or 'iwae' objective, which enumerate its values"
+        )
 
     def validation_loss(self, model, guide, x, **kwargs) -> torch.Tensor:
         """The loss the trainer compares across epochs (best checkpoint, early stopping).
@@ -290,6 +304,21 @@ class ELBO(TraceObjective):
         self.last_metrics = {"elbo": (rec_pd - kl_pd).detach(), "reconstruction": rec_pd.detach(), "kl": kl_pd.detach()}
         return loss
 
+    def enumerated_loss(self, model, guide, x, labels, data_size: int) -> torch.Tensor:
+        """The ELBO with the discrete latent summed out (Monte Carlo KL for the continuous latents: the
+        enumerated copies' terms are combined per datapoint, so the analytic KL is not separated)."""
+        from pyro_gen.infer.enumerate import enumerated_elbo
+
+        if self.beta != 1.0 or self.free_bits or self.warmup_epochs:
+            raise ConfigError(
+                "beta, warmup_epochs and free_bits weigh the KL term, which a model with an enumerated discrete latent "
+                "does not separate: leave them at their defaults for such a model"
+            )
+        elbo, global_term = enumerated_elbo(model, guide, x, labels, self.num_particles)
+        bound = elbo.mean() + global_term / data_size
+        self.last_metrics = {"elbo": bound.detach()}
+        return -bound
+
     def validation_loss(self, model, guide, x, **kwargs) -> torch.Tensor:
         """The negative ELBO per datapoint with beta = 1 and no free bits, whatever the schedule says."""
         self(model, guide, x, **kwargs)
@@ -313,6 +342,22 @@ class IWAE(TraceObjective):
         glob = t.log_prior_global - t.log_q_global
         bound = bound_local.sum() / t.batch_size + glob.mean() / t.data_size
         self.last_metrics = {"iwae_bound": bound.detach(), "elbo": t.log_weight.mean(0).sum().detach() / t.batch_size}
+        return -bound
+
+    def enumerated_loss(self, model, guide, x, labels, data_size: int) -> torch.Tensor:
+        """``log sum_k (1/P) sum_p w_pk`` per unlabelled point (``w_p,label`` for a labelled one): exact in ``y``."""
+        from pyro_gen.infer.enumerate import copy_terms
+
+        terms, owner, _, _ = copy_terms(model, guide, x, labels, self.num_particles)
+        per_copy = torch.logsumexp(terms.log_weight, dim=0) - math.log(terms.log_weight.shape[0])  # (C,)
+        # log-sum-exp of each datapoint's copies: a labelled point has one copy, an unlabelled one K
+        peak = torch.full((len(x),), -math.inf, dtype=per_copy.dtype, device=per_copy.device)
+        peak = peak.scatter_reduce(0, owner, per_copy.detach(), reduce="amax")
+        total = torch.zeros_like(peak).index_add(0, owner, (per_copy - peak[owner]).exp())
+        bound_local = peak + total.log()
+        glob = (terms.log_prior_global - terms.log_q_global).mean()
+        bound = bound_local.mean() + glob / data_size
+        self.last_metrics = {"iwae_bound": bound.detach()}
         return -bound
 
 

@@ -99,11 +99,23 @@ class Latent:
                 "pyro_gen.models.priors.LearnedNormal / MixturePrior, or a Prior subclass that holds nn.Parameters"
             )
         if self.prior.support.is_discrete:
-            raise ConfigError(
-                f"latent {self.name!r} has a discrete prior ({type(self.prior).__name__}): discrete latents (summed out by "
-                "enumeration, or with a categorical guide) are not supported by LatentModel yet, and a continuous guide on "
-                "a discrete site would give a wrong bound; model it as continuous, or use Pyro's TraceEnum_ELBO directly"
-            )
+            if not isinstance(self.prior, torch.distributions.Categorical) or self.shape != () or not self.local or self.parents:
+                raise ConfigError(
+                    f"latent {self.name!r} has a discrete prior ({type(self.prior).__name__}): a discrete latent is summed out "
+                    "by enumeration, which supports a local Categorical latent of shape () without parents (e.g. "
+                    "Latent('y', prior=dist.Categorical(logits=torch.zeros(10)))); a continuous guide on any other discrete "
+                    "site would give a wrong bound"
+                )
+
+    @property
+    def is_discrete(self) -> bool:
+        """A discrete (enumerated) latent: its prior is a Categorical."""
+        return isinstance(self.prior, torch.distributions.Categorical)
+
+    @property
+    def num_values(self) -> int:
+        """How many values a discrete latent takes (its Categorical's categories)."""
+        return int(self.prior.param_shape[-1]) if self.is_discrete else 0
 
     @property
     def size(self) -> int:
@@ -131,10 +143,10 @@ def as_latent_distribution(lat: Latent, d) -> dist.Distribution:
     """``d`` with event shape ``lat.shape``: its rightmost batch dims become event dims (checked)."""
     if not isinstance(d, torch.distributions.Distribution):
         raise ConfigError(f"the prior of latent {lat.name!r} returned {type(d).__name__}, not a distribution")
-    if d.support.is_discrete:
+    if d.support.is_discrete and not lat.is_discrete:
         raise ConfigError(
-            f"the prior of latent {lat.name!r} is discrete ({type(d).__name__}): discrete latents are not supported by "
-            "LatentModel yet (a continuous guide on a discrete site would give a wrong bound)"
+            f"the prior of latent {lat.name!r} is discrete ({type(d).__name__}): declare a discrete latent with a fixed "
+            "Categorical prior (it is then summed out by enumeration); a continuous guide on a discrete site would give a wrong bound"
         )
     extra = len(lat.shape) - len(d.event_shape)
     if extra < 0 or tuple(d.event_shape) != lat.shape[len(lat.shape) - len(d.event_shape) :]:
@@ -186,6 +198,10 @@ class LatentModel(nn.Module):
             raise ConfigError(f"latent and observed site names must be unique; got latents {names} and obs {obs_name!r}")
         if not any(lat.local for lat in latents):
             raise ConfigError("a LatentModel needs at least one local latent (one per datapoint)")
+        if sum(lat.is_discrete for lat in latents) > 1:
+            raise ConfigError(
+                f"at most one discrete latent is summed out by enumeration for now; got {[lat.name for lat in latents if lat.is_discrete]}"
+            )
         declared: dict[str, Latent] = {}
         for lat in latents:
             for parent in lat.parents:
@@ -223,6 +239,11 @@ class LatentModel(nn.Module):
     @property
     def global_latents(self) -> list[Latent]:
         return [lat for lat in self.latents if not lat.local]
+
+    @property
+    def discrete_latents(self) -> list[Latent]:
+        """Local latents with a Categorical prior: summed out by enumeration (:mod:`pyro_gen.infer.enumerate`)."""
+        return [lat for lat in self.latents if lat.is_discrete]
 
     def parents_of(self, index: int) -> list[int]:
         """Indices of the latents the ``index``-th latent's prior reads, in the order it takes them."""
@@ -289,8 +310,12 @@ class LatentModel(nn.Module):
         then the second (e.g. all locations, then all scales).
         """
         out = self.decoder(*latent_values)
-        local = next(i for i, lat in enumerate(self.latents) if lat.local)
-        batch = latent_values[local].shape[: latent_values[local].dim() - len(self.latents[local].shape)]
+        # the batch shape (particles and datapoints) of the local latents: the largest one's, since an
+        # enumerated discrete latent is observed once per datapoint while the others carry particles
+        batch = max(
+            (v.shape[: v.dim() - len(lat.shape)] for v, lat in zip(latent_values, self.latents) if lat.local),
+            key=len,
+        )
         per_value = self.likelihood.params_per_value
         expected = per_value * math.prod(self.data_shape)
         if out.shape[: len(batch)] != batch or out[(0,) * len(batch)].numel() != expected:
@@ -306,7 +331,7 @@ class LatentModel(nn.Module):
             params = params.movedim(len(batch), 0)
         return params
 
-    def forward(self, x: torch.Tensor | None = None, *, batch_size: int | None = None, data_size: int | None = None):
+    def forward(self, x: torch.Tensor | None = None, *, batch_size: int | None = None, data_size: int | None = None, y=None):
         if x is not None:
             self.check_data(x)
             batch_size = x.shape[0]
@@ -320,11 +345,32 @@ class LatentModel(nn.Module):
                 values[i] = pyro.sample(lat.name, self.prior(i, values))
         with self.data_plate(batch_size, data_size):
             for i, lat in enumerate(self.latents):
-                if lat.local:
+                if lat.is_discrete:
+                    values[i] = self._discrete_site(i, lat, x, y, batch_size)
+                elif lat.local:
                     values[i] = pyro.sample(lat.name, self.prior(i, values))
             params = self.decode(*values)
             pyro.sample(self.obs_name, self.likelihood(params, len(self.data_shape)), obs=x)
         return params
+
+    def _discrete_site(self, i: int, lat: Latent, x, y, batch_size: int):
+        """A discrete latent: observed at ``y`` (one value per datapoint, as the enumeration or the labels give it);
+        drawn from its prior when the model generates."""
+        if y is not None:
+            if not torch.is_tensor(y) or y.shape != (batch_size,) or y.dtype.is_floating_point:
+                raise DataError(f"the values of discrete latent {lat.name!r} must be an integer tensor of shape ({batch_size},)")
+            if bool(((y < 0) | (y >= lat.num_values)).any()):
+                raise DataError(
+                    f"the values of discrete latent {lat.name!r} must lie in 0..{lat.num_values - 1} (-1 marks an unlabelled "
+                    "datapoint only in the labels given to an objective, which sums those out)"
+                )
+            return pyro.sample(lat.name, self.prior(i), obs=y)
+        if x is not None:
+            raise ConfigError(
+                f"discrete latent {lat.name!r} is summed out by enumeration: score data through an objective or the evaluator "
+                "(pyro_gen.infer.ELBO / IWAE, pyro_gen.evaluate), which call the model once per value, or pass its values as y"
+            )
+        return pyro.sample(lat.name, self.prior(i))
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """The likelihood's mean for decoder output ``params`` (e.g. pixel probabilities)."""
