@@ -97,8 +97,8 @@ def _train(args) -> None:
         config = load_config(args.config, args.overrides)
         run_dir = args.run_dir or f"runs/{config.data.name}-{config.family.label(config)}-{time.strftime('%Y%m%d-%H%M%S')}"
         scores = train(config, run_dir, device=args.device)
-        print(f"run directory: {run_dir}")
-    print(scores.summary())
+        _say(f"run directory: {run_dir}")
+    _say(scores.summary())
 
 
 def _compare(args) -> None:
@@ -154,8 +154,32 @@ def _resume_hint(args) -> str:
     return f"; continue with: pyro-gen train --resume --run-dir {args.run_dir}"
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise), without importing torch for ``--help``."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0) if "WORLD_SIZE" in os.environ else 0
+
+
+def _say(text: str) -> None:
+    """Print a result line once: on rank 0 of a data-parallel run (torchrun), always in one process."""
+    if _rank() == 0:
+        print(text)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    finally:
+        if "torch" in sys.modules:  # leave torchrun's process group (if one was joined)
+            from pyro_gen import distributed
+
+            distributed.shutdown()
+
+
+def _main(args) -> int:
+    who = f"pyro-gen {args.command}" + (f" (rank {_rank()})" if _rank() else "")
     try:
         if args.command == "train":
             _train(args)
@@ -165,7 +189,7 @@ def main(argv=None) -> int:
             scores = evaluate_run(
                 args.run_dir, nll_samples=args.nll_samples, device=args.device, figures=False if args.no_figures else None
             )
-            print(scores.summary())
+            _say(scores.summary())
         elif args.command == "sample":
             from pyro_gen.run import sample_run
 
@@ -184,18 +208,18 @@ def main(argv=None) -> int:
         elif args.command == "list":
             _list()
     except KeyboardInterrupt:
-        print(f"pyro-gen {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        print(f"{who}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except PyroGenError as e:
         # Pyro re-raises errors from inside a traced model with the trace's shapes appended;
         # the user needs our message, not the shapes table
         message = str(e).split("\nTrace Shapes:")[0].rstrip()
         if isinstance(e, _interrupted()):
-            print(f"pyro-gen {args.command}: {message}{_resume_hint(args)}", file=sys.stderr)
+            print(f"{who}: {message}{_resume_hint(args)}", file=sys.stderr)
             import signal
 
             return 128 + signal.Signals[e.signal_name].value if e.signal_name in signal.Signals.__members__ else 130
-        print(f"pyro-gen {args.command}: error: {message}", file=sys.stderr)
+        print(f"{who}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -100,6 +100,9 @@ class TrainConfig:
     clip_norm: float | None = setting(None, low=0, low_open=True)
     lr_schedule: str = setting("constant", choices=("constant", "linear"))
     progress: bool = True
+    #: torch's intra-op threads while training; null: chosen from the CPUs the process may use and the size of a
+    #: step, one share per rank under torchrun (:func:`pyro_gen.infer.trainer.choose_threads`)
+    threads: int | None = setting(None, low=1, high=1024)
 
 
 @dataclass

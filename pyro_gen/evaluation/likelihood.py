@@ -15,10 +15,19 @@ means used for active units (Burda et al. 2016: dimension u is active when
 Models with global latents are scored at the guide's point estimate of them (its
 median), i.e. ``log p(x | theta_hat)`` with the local latents marginalized.
 
+**Sharded** (under ``torchrun``, :mod:`pyro_gen.distributed`): the datapoints fall into the same blocks as
+in one process (``max(1, chunk_size // min(K, chunk_size))`` datapoints each); rank ``r`` of ``W`` draws
+blocks ``r, r + W, ...`` and the per-datapoint results are gathered, so every rank returns the whole
+result. So that the split cannot change the draws, each block's are then seeded from ``(seed, block's first
+datapoint)`` (``block_seeds``); one process with ``block_seeds=True`` gives the same numbers. Without it
+(the default in one process) the draws are one stream over the blocks in order, as in every release
+before: single-process results and the scores of existing run directories are unchanged.
+
 Reference: Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
 """
 
 import contextlib
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -26,6 +35,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from pyro_gen import distributed
 from pyro_gen.errors import ConfigError, SiteMismatchError
 from pyro_gen.infer.traces import check_sites, get_traces, latent_sites, trace_terms
 from pyro_gen.models.checks import check_data_tensor
@@ -86,29 +96,39 @@ def _drawing(device: torch.device, seed: int | None):
         yield
 
 
-def _importance_draws(model, guide, x: torch.Tensor, num_samples: int, chunk_size: int, device: torch.device, progress: bool = False):
-    """Yield ``(particles, data, model_trace, guide_trace)`` for every chunk of draws from the guide.
+def _blocks(n: int, num_samples: int, chunk_size: int) -> list[slice]:
+    """The blocks of datapoints drawn together: as many as one chunk of ``min(num_samples, chunk_size)`` particles allows.
 
-    ``particles`` and ``data`` are slices: which of the ``num_samples`` draws and which datapoints
-    of ``x`` the chunk's traces hold (particles vectorized in a ``"particles"`` plate). A chunk is
-    filled with as many particles as possible, then datapoints: the encoder and the guide's flow
-    parameters are computed once per datapoint and chunk, so fewer chunks is faster.
+    A chunk is filled with as many particles as possible, then datapoints: the encoder and the guide's flow
+    parameters are computed once per datapoint and chunk, so fewer chunks is faster. The partition does
+    not depend on the number of ranks.
     """
-    from tqdm.auto import tqdm
-
     per_chunk = min(num_samples, chunk_size)
-    batch = max(1, min(len(x), chunk_size // per_chunk))
-    for start in tqdm(range(0, len(x), batch), disable=not progress, desc="log-likelihood", leave=False):
-        xb = x[start : start + batch].to(device)
-        m, g = _with_fixed_globals(model, guide, xb)
-        done = 0
-        while done < num_samples:
-            k = min(per_chunk, num_samples - done)
-            model_trace, guide_trace = get_traces(m, g, xb, num_particles=k)
-            if done == 0 and start == 0:
-                check_sites(model_trace, guide_trace)
-            yield slice(done, done + k), slice(start, start + len(xb)), model_trace, guide_trace
-            done += k
+    batch = max(1, min(n, chunk_size // per_chunk))
+    return [slice(start, min(start + batch, n)) for start in range(0, n, batch)]
+
+
+def _block_draws(model, guide, xb: torch.Tensor, num_samples: int, chunk_size: int, check: bool):
+    """Yield ``(particles, model_trace, guide_trace)`` for every chunk of the ``num_samples`` draws for the block ``xb``.
+
+    ``particles`` is a slice: which of the draws the chunk's traces hold (vectorized in a ``"particles"`` plate).
+    """
+    per_chunk = min(num_samples, chunk_size)
+    m, g = _with_fixed_globals(model, guide, xb)
+    done = 0
+    while done < num_samples:
+        k = min(per_chunk, num_samples - done)
+        model_trace, guide_trace = get_traces(m, g, xb, num_particles=k)
+        if done == 0 and check:
+            check_sites(model_trace, guide_trace)
+        yield slice(done, done + k), model_trace, guide_trace
+        done += k
+
+
+def block_seed(seed: int, start: int) -> int:
+    """The seed of the draws for the block whose first datapoint is ``start`` (``block_seeds=True``)."""
+    digest = hashlib.sha256(f"pyro_gen-is-block:{seed}:{start}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def _device(model) -> torch.device:
@@ -140,6 +160,8 @@ def log_likelihood(
     seed: int | None = 0,
     progress: bool = False,
     weights_fn=None,
+    shard: bool | None = None,
+    block_seeds: bool | None = None,
 ) -> LikelihoodResult:
     """Importance-sampled ``log p(x)`` per datapoint with ``num_samples`` draws from the guide.
 
@@ -152,31 +174,70 @@ def log_likelihood(
     :param weights_fn: called as ``weights_fn(data, lw)`` once all K draws of a block of
         datapoints ``x[data]`` (a slice) are made, with their log-weights ``lw`` of shape
         ``(K, len(block))``: the estimate's own draws, e.g. for per-datapoint PSIS k-hat. A block
-        holds at most ``max(chunk_size, K)`` log-weights, so memory stays bounded.
+        holds at most ``max(chunk_size, K)`` log-weights, so memory stays bounded. Sharded, the blocks' weights
+        are gathered round by round and every rank calls ``weights_fn`` on every block, in order.
+    :param shard: split the blocks of datapoints over the ranks of the process group and gather the results
+        (every rank must call); ``None``: when a process group of several ranks is initialized (torchrun).
+    :param block_seeds: seed each block's draws from ``(seed, its first datapoint)``, so that they do not
+        depend on how the blocks are shared out; ``None``: exactly when sharded. Off, the draws are one
+        stream from ``seed`` over the blocks in order (the single-process numbers of every earlier release).
     """
     _check_inputs(model, x, num_samples, chunk_size)
     device = _device(model)
+    shard = distributed.active() if shard is None else bool(shard and distributed.active())
+    rank, world = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
+    block_seeds = shard if block_seeds is None else block_seeds
+    if block_seeds and seed is None:  # one base seed for every rank, from the current random state of rank 0
+        seed = distributed.broadcast_object(int(torch.randint(0, 2**62, (1,))))
     acc = torch.full((len(x),), -math.inf, device=device)
     sums = torch.zeros(3, len(x), device=device)
-    mean_sum = block = None
+    mean_sum = None
+    blocks = _blocks(len(x), num_samples, chunk_size)
+    mine = [i for i in range(len(blocks)) if i % world == rank]
     with _drawing(device, seed):
-        for particles, data, model_trace, guide_trace in _importance_draws(model, guide, x, num_samples, chunk_size, device, progress):
-            k, b = particles.stop - particles.start, data.stop - data.start
-            t = trace_terms(model_trace, guide_trace)
-            lw = t.log_weight
-            acc[data] = torch.logaddexp(acc[data], torch.logsumexp(lw, 0))
-            sums[:, data] += torch.stack([lw.sum(0), t.log_likelihood.sum(0), (t.log_q_local - t.log_prior_local).sum(0)])
-            z = _local_values(model_trace, guide_trace, k, b)
-            if mean_sum is None:
-                mean_sum = z.new_zeros((len(x), z.shape[-1]))
-            mean_sum[data] += z
-            if weights_fn is not None:
-                # a block's particles come in consecutive chunks (_importance_draws), so K*b values suffice
-                if particles.start == 0:
-                    block = lw.new_empty((num_samples, b))
-                block[particles] = lw
-                if particles.stop == num_samples:
-                    weights_fn(data, block)
+        from tqdm.auto import tqdm
+
+        first = True
+        for i in tqdm(range(0, len(blocks), world), disable=not (progress and rank == 0), desc="log-likelihood", leave=False):
+            lw_block = None
+            if i + rank < len(blocks):
+                data = blocks[i + rank]
+                if block_seeds:
+                    torch.manual_seed(block_seed(seed, data.start))
+                xb = x[data].to(device)
+                b = len(xb)
+                for particles, model_trace, guide_trace in _block_draws(model, guide, xb, num_samples, chunk_size, first):
+                    first = False
+                    k = particles.stop - particles.start
+                    t = trace_terms(model_trace, guide_trace)
+                    lw = t.log_weight
+                    acc[data] = torch.logaddexp(acc[data], torch.logsumexp(lw, 0))
+                    sums[:, data] += torch.stack([lw.sum(0), t.log_likelihood.sum(0), (t.log_q_local - t.log_prior_local).sum(0)])
+                    z = _local_values(model_trace, guide_trace, k, b)
+                    if mean_sum is None:
+                        mean_sum = z.new_zeros((len(x), z.shape[-1]))
+                    mean_sum[data] += z
+                    if weights_fn is not None:
+                        # a block's particles come in consecutive chunks, so K*b values suffice
+                        if particles.start == 0:
+                            lw_block = lw.new_empty((num_samples, b))
+                        lw_block[particles] = lw
+            if weights_fn is None:
+                continue
+            if world == 1:
+                weights_fn(blocks[i], lw_block)
+                continue
+            # every rank's block of this round, to every rank: weights_fn sees every block, in order
+            width = blocks[0].stop - blocks[0].start
+            padded = torch.zeros((num_samples, width), dtype=acc.dtype, device=device)
+            if lw_block is not None:
+                padded[:, : lw_block.shape[1]] = lw_block
+            for w, got in enumerate(distributed.all_gather(padded)):
+                if i + w < len(blocks):
+                    data = blocks[i + w]
+                    weights_fn(data, got[:, : data.stop - data.start])
+    if shard:
+        acc, sums, mean_sum = _gather_rows(acc, sums, mean_sum, [blocks[i] for i in mine], len(x))
     out = [acc - math.log(num_samples), sums[0] / num_samples, sums[1] / num_samples, sums[2] / num_samples, mean_sum / num_samples]
     protocol = {
         "estimator": f"importance sampling: log (1/K) sum_k p(x, z_k) / q(z_k | x), K={num_samples} draws from the guide per point",
@@ -187,18 +248,38 @@ def log_likelihood(
         "global_latents": "at the guide's point estimate: log p(x | theta_hat)" if getattr(model, "global_latents", None) else "none",
         "threads": torch.get_num_threads(),
     }
+    if shard:
+        protocol["ranks"] = world
+    if block_seeds:
+        protocol["draw_seeding"] = "per block of datapoints, from (seed, the block's first datapoint): the same for any number of ranks"
     return LikelihoodResult(*(t.cpu() for t in out), num_samples, chunk_size, protocol)
 
 
-def log_weights(model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int | None = 0) -> torch.Tensor:
+def _gather_rows(acc, sums, mean_sum, owned: list[slice], n: int):
+    """Every rank's rows (the blocks it drew) on every rank: one sum over the ranks, other rows being zero."""
+    mask = torch.zeros(n, dtype=torch.bool, device=acc.device)
+    for data in owned:
+        mask[data] = True
+    dim = distributed.broadcast_object(None if mean_sum is None else mean_sum.shape[-1])  # rank 0 drew block 0
+    if mean_sum is None:
+        mean_sum = acc.new_zeros((n, dim))
+    acc = torch.where(mask, acc, torch.zeros_like(acc))  # -inf elsewhere would poison the sum
+    buffer = torch.cat([acc[None], sums, mean_sum.T]).contiguous()
+    buffer = distributed.all_reduce_(buffer * mask)
+    return buffer[0], buffer[1:4], buffer[4:].T.contiguous()
+
+
+def log_weights(
+    model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int | None = 0, **sharding
+) -> torch.Tensor:
     """The importance log-weights ``log p(x_n, z_s) - log q(z_s | x_n)``, ``z_s ~ q(z | x_n)``: ``(num_samples, N)``.
 
     The draws of :func:`log_likelihood` with the same seed (``logsumexp`` over dim 0 minus
     ``log num_samples`` is its ``log_px``), collected by its ``weights_fn``; e.g. for PSIS
-    diagnostics (:mod:`pyro_gen.analysis.psis`).
+    diagnostics (:mod:`pyro_gen.analysis.psis`). ``sharding``: ``shard`` / ``block_seeds`` of :func:`log_likelihood`.
     """
     blocks = []
-    log_likelihood(model, guide, x, num_samples, chunk_size, seed, weights_fn=lambda data, lw: blocks.append(lw.cpu()))
+    log_likelihood(model, guide, x, num_samples, chunk_size, seed, weights_fn=lambda data, lw: blocks.append(lw.cpu()), **sharding)
     return torch.cat(blocks, -1)  # the blocks come in the order of the datapoints
 
 

@@ -194,7 +194,7 @@ def make_trainer(config: RunConfig, model, guide, objective, run: RunDir | None,
     return Trainer(
         model, guide, objective, lr=t.lr, batch_size=t.batch_size, epochs=t.epochs, device=t.device, seed=t.seed,
         run_dir=None if run is None else run.path, patience=patience, progress=t.progress, clip_norm=t.clip_norm,
-        lr_schedule=t.lr_schedule,
+        lr_schedule=t.lr_schedule, threads="auto" if getattr(t, "threads", None) is None else t.threads,
     )  # fmt: skip
 
 
@@ -244,4 +244,6 @@ def epochs_record(history: list[dict], epochs: int) -> dict:
         "stopped_early": len(history) < epochs,
         "seconds_per_epoch": sum(r["seconds"] for r in history) / max(len(history), 1),
         "final_train_loss": history[-1]["train_loss"] if history else math.nan,
+        # the last epoch's intra-op threads and ranks (records of runs before issue #12 have neither)
+        **{k: history[-1][k] for k in ("threads", "ranks") if history and k in history[-1]},
     }

@@ -50,6 +50,7 @@ import numpy as np
 import pyro
 import torch
 
+from pyro_gen import distributed
 from pyro_gen.errors import (
     CheckpointCorruptError,
     ConfigError,
@@ -95,6 +96,23 @@ class TensorBatches:
             drop_last,
         )
         self.epoch = 0
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> "TensorBatches":
+        """A copy whose batches are rank ``rank``'s slice (of ``world``) of each global batch (data-parallel training).
+
+        Every rank draws the same permutation from ``(seed, epoch)`` and the same global batches of
+        ``batch_size``; each takes its contiguous part of every batch (sizes differing by at most one).
+        A per-batch ``transform`` (dynamic binarization) acts on the whole global batch with the epoch's
+        generator before slicing, so its draws, the generator's state and a mid-epoch position are those
+        of a single-process pass. ``len`` and :attr:`num_datapoints` stay global: the data plate is
+        given the full data size.
+        """
+        import copy
+
+        out = copy.copy(self)
+        out.rank, out.world = rank, world
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -148,12 +166,28 @@ class _EpochBatches:
             raise StopIteration
         b, i = self.batches, self.position
         idx = slice(i * b.batch_size, (i + 1) * b.batch_size)
+        if b.world > 1:
+            return self._next_shard(idx)
         batch = b.x[self.order[idx]] if self.order is not None else b.x[idx]
         batch = b.transform(batch, self.generator) if b.transform is not None else batch
         self.position += 1
         if b.y is None:
             return batch
         return batch, (b.y[self.order[idx]] if self.order is not None else b.y[idx])
+
+    def _next_shard(self, idx: slice):
+        """This rank's part of the global batch ``idx`` (see :meth:`TensorBatches.shard`)."""
+        from pyro_gen.distributed import shard_bounds
+
+        b = self.batches
+        rows = self.order[idx] if self.order is not None else torch.arange(len(b.x))[idx]
+        lo, hi = shard_bounds(len(rows), b.world, b.rank)
+        if b.transform is not None:  # the whole global batch, so that the generator moves as in one process
+            batch = b.transform(b.x[rows], self.generator)[lo:hi]
+        else:
+            batch = b.x[rows[lo:hi]]
+        self.position += 1
+        return batch if b.y is None else (batch, b.y[rows[lo:hi]])
 
     def state(self) -> dict:
         """Where the pass stands: batches consumed and the generator's state after them (weights_only-safe)."""
@@ -451,6 +485,79 @@ class _StopRequests:
         self._restore()
 
 
+# -- data-parallel draws and intra-op threads --------------------------------------------------
+def batch_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The seed of rank ``rank``'s draws for batch ``step`` of ``epoch`` (``step=-1``: the epoch's validation) in a data-parallel run.
+
+    A hash, so that neighbouring positions and ranks get unrelated streams; a function of the position
+    alone, so that a resumed run draws what an uninterrupted one draws without per-rank state in the checkpoint.
+    """
+    digest = hashlib.sha256(f"pyro_gen-batch:{seed}:{epoch}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: what taskset, cgroups' cpusets and schedulers leave it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+#: Floating-point operations of one training step (forward and backward, per rank) per intra-op thread that
+#: ``threads="auto"`` asks for: a smaller step runs on one thread. See BENCHMARKS.md, "Intra-op threads".
+FLOPS_PER_THREAD = 2e9
+
+
+def step_flops(model, guide, x: torch.Tensor, multi: bool = False) -> int | None:
+    """Floating-point operations of one training step on the batch ``x``, estimated from one forward pass.
+
+    The model and guide run once (eval mode, no gradient, the random state restored afterwards, so the
+    fit draws what it would have drawn) under torch's ``FlopCounterMode``; a step is taken as three times
+    the forward (backward ~ twice the forward), twice that for a two-player objective (a GAN's critic is
+    about the generator's size and runs on real and generated batches). ``None`` if the count fails.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
+    modes = [(m, m.training) for m in modules]
+    try:
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
+            for m in modules:
+                m.eval()
+            counter = FlopCounterMode(display=False)
+            with counter:
+                get_traces(model, guide, x)
+            return int(counter.get_total_flops() * 3 * (2 if multi else 1))
+    except Exception:  # a model the counter cannot follow: no estimate, the caller falls back
+        return None
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+def choose_threads(requested: int | None, flops: int | None, ranks_on_this_machine: int = 1) -> tuple[int, str]:
+    """Intra-op threads for a fit: ``(threads, the rule that chose them)``.
+
+    ``requested`` (``train.threads``) wins. Otherwise each rank on this machine gets an equal share of the
+    CPUs this process may use (:func:`usable_cpus`; one thread per rank when there are as many ranks as
+    CPUs), and of that share one thread per :data:`FLOPS_PER_THREAD` of a step: small networks lose more
+    to thread start-up and contention than they gain (issue #12: ring8's GAN took 1-14 s an epoch on two
+    busy threads against 0.9 s on one).
+    """
+    if requested is not None:
+        return int(requested), "train.threads"
+    cpus = usable_cpus()
+    share = max(1, cpus // max(1, ranks_on_this_machine))
+    if flops is None:
+        return share, f"auto: {cpus} usable CPUs / {ranks_on_this_machine} rank(s) on this machine (step size unknown)"
+    n = max(1, min(share, int(flops // FLOPS_PER_THREAD)))
+    return n, (
+        f"auto: {cpus} usable CPUs / {ranks_on_this_machine} rank(s) on this machine = {share}, and one thread per "
+        f"{FLOPS_PER_THREAD:.0e} FLOP of a step ({flops:.2e})"
+    )
+
+
 #: Learning-rate schedules of :class:`Trainer`.
 LR_SCHEDULES = ("constant", "linear")
 
@@ -483,6 +590,21 @@ class Trainer:
         mean training loss exceeds the loss at initialization ``L0`` (that of the first batch, before
         any step) by more than ``divergence_factor * max(|L0|, 1)``; ``None`` turns the check off.
         See :meth:`_check_blow_up` for why 100 cannot fire on healthy training.
+    :param threads: torch's intra-op threads while fitting: ``None`` leaves torch's setting alone, an
+        integer sets it, ``"auto"`` chooses from the CPUs this process may use and the size of a step
+        (:func:`choose_threads`); the count is restored after :meth:`fit` and recorded in every epoch's
+        record (``threads``, with ``ranks``) and in :attr:`threads_choice`.
+
+    **Data-parallel** (under ``torchrun``, see :mod:`pyro_gen.distributed`): :meth:`fit` joins the process
+    group, gives each rank its slice of every global batch (:meth:`TensorBatches.shard`; the data plate
+    keeps the full data size, ``batch_size`` is the global batch), and after each backward pass averages
+    the gradients over the ranks by one explicit all-reduce, each rank's weighted by its datapoints, so
+    that every rank's optimizer takes the step one process would take on the whole batch (learning rate
+    and schedules keep their meaning). The same all-reduce carries the loss and a stop request (SIGTERM
+    on any rank stops all of them after the same batch). Rank 0 alone writes checkpoints and
+    ``metrics.jsonl`` and shows progress; checkpoints hold global state only, so a run resumes under
+    another number of ranks. Each rank's random draws are seeded per batch from ``(seed, epoch, batch,
+    rank)``: distinct across ranks, and a function of the position, so a distributed run resumes exactly.
     :raises DeviceUnavailableError: ``device`` is CUDA and this machine has none (a ``ConfigError``).
     """
 
@@ -503,7 +625,12 @@ class Trainer:
         clip_norm: float | None = None,
         lr_schedule: str = "constant",
         divergence_factor: float | None = 100.0,
+        threads: int | str | None = None,
     ):
+        if not (threads is None or threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)):
+            raise ConfigError(f"threads must be a positive integer, 'auto' or None (leave torch's setting), got {threads!r}")
+        self.threads = threads
+        self.threads_choice: dict | None = None
         if lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(map(repr, LR_SCHEDULES))}")
         self.lr_schedule = lr_schedule
@@ -527,6 +654,8 @@ class Trainer:
         # the loss of the run's first batch before any step (divergence reference), and what last.pt holds now
         self._initial_loss: float | None = None
         self._saved: str | None = None
+        self._rank, self._world = 0, 1
+        self._batch_count, self._stop, self._stop_all = 0, None, False
 
     # -- helpers -------------------------------------------------------------
     def _modules(self) -> list[torch.nn.Module]:
@@ -581,6 +710,8 @@ class Trainer:
         """
         total, count = 0.0, 0
         for batch in batches:
+            if len(_first(batch)) == 0:  # this rank's slice of a short batch
+                continue
             if self.players is not None:  # multi-player objectives read whole (possibly labelled) batches
                 batch = _to_device(batch, self.device)
                 x, loss = _first(batch), self.objective(self.model, self.guide, batch)
@@ -589,6 +720,8 @@ class Trainer:
                 loss = self.objective.validation_loss(self.model, self.guide, x, data_size=None)
             total += float(loss) * len(x)
             count += len(x)
+        if self._world > 1:  # each rank scored its shard (or, for other iterables, everything: the mean is then the ranks' mean)
+            total, count = distributed.all_reduce_sum([total, count])
         return total / max(count, 1)
 
     def _checkpoint(self, epoch: int, best: float, bad_epochs: int, position: dict | None = None) -> dict:
@@ -665,16 +798,24 @@ class Trainer:
             if (self._step + 1) % player.every:
                 continue
             where = f"at epoch {epoch + 1}, step {step + 1}"
+            n = len(_first(batch))
             try:
-                loss = self.objective.player_loss(player.name, self.model, self.guide, batch, data_size)
+                loss = self.objective.player_loss(player.name, self.model, self.guide, batch, data_size) if n or self._world == 1 else None
             except TrainingDivergedError as e:  # e.g. the critic's scores became NaN
                 raise TrainingDivergedError(f"{e} ({where}); {self._kept()}") from None
-            value = loss.item()
+            optimizer = self.optimizers[player.name]
+            if self._world > 1:
+                optimizer.zero_grad(set_to_none=True)
+                if loss is not None:
+                    loss.backward()
+                value, self._batch_count = self._all_reduce_gradients(list(player.params), loss, n)
+            else:
+                value, self._batch_count = loss.item(), n
             if not math.isfinite(value):
                 raise TrainingDivergedError(f"the {player.name}'s loss became {value} {where}; {self._kept()}")
-            optimizer = self.optimizers[player.name]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self._world == 1:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             if self.clip_norm:
                 torch.nn.utils.clip_grad_norm_(player.params, self.clip_norm)
             optimizer.step()
@@ -683,6 +824,59 @@ class Trainer:
             values[player.name] = value
         self._step += 1
         return values
+
+    # -- data-parallel steps ------------------------------------------------------
+    def _distributed_step(self, x, data_size, epoch: int, step: int) -> tuple[float, int]:
+        """One single-player step on this rank's shard ``x``, gradients averaged over the ranks: ``(global loss, global count)``."""
+        n = len(x)
+        loss = self._step_loss(x, data_size) if n else None  # a rank whose slice of a short last batch is empty adds nothing
+        self.optimizer.zero_grad(set_to_none=True)
+        if loss is not None:
+            loss.backward()
+        value, total = self._all_reduce_gradients(self.parameters(), loss, n)
+        if not math.isfinite(value):
+            raise TrainingDivergedError(f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; {self._kept()}")
+        if self.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), self.clip_norm)
+        self.optimizer.step()
+        return value, total
+
+    def _all_reduce_gradients(self, params: list, loss, n: int) -> tuple[float, int]:
+        """Replace each parameter's gradient by the datapoint-weighted mean over the ranks: ``sum_r n_r g_r / sum_r n_r``.
+
+        Each rank's loss is a mean over its ``n_r`` datapoints (plus global terms over the data size), so
+        this is the gradient of the whole global batch's mean loss: one process's gradient on the whole
+        batch. One flat all-reduce carries the gradients, which of them exist (a parameter without a
+        gradient on every rank keeps ``None``, so Adam skips it as in one process), ``n_r * loss_r``,
+        ``n_r`` and whether this rank was asked to stop. Returns ``(global mean loss, global count)``.
+        """
+        dtype = params[0].dtype if params else torch.float32
+        parts = [
+            p.grad.reshape(-1).to(dtype) * n if p.grad is not None else torch.zeros(p.numel(), dtype=dtype, device=p.device) for p in params
+        ]
+        flags = torch.tensor([float(p.grad is not None) for p in params], dtype=dtype, device=self.device)
+        loss_sum = loss.detach().reshape(1).to(dtype) * n if loss is not None else torch.zeros(1, dtype=dtype, device=self.device)
+        extra = torch.tensor([float(n), float(self._stop.signum is not None)], dtype=dtype, device=self.device)
+        buffer = distributed.all_reduce_(torch.cat([*parts, flags, loss_sum, extra]))
+        size = sum(p.numel() for p in params)
+        loss_total, total, stops = buffer[size + len(params) :].tolist()
+        present = buffer[size : size + len(params)].tolist()
+        offset = 0
+        for p, flag in zip(params, present):
+            k = p.numel()
+            p.grad = (buffer[offset : offset + k] / total).view_as(p).to(p.dtype) if flag > 0 else None
+            offset += k
+        self._stop_all = self._stop_all or stops > 0
+        return loss_total / total, int(total)
+
+    def _global_sums(self, sums: dict) -> dict:
+        """The objective's running sums added over the ranks (keys in a fixed order)."""
+        keys = sorted(sums)
+        return dict(zip(keys, distributed.all_reduce_sum([sums[k] for k in keys]))) if keys else {}
+
+    def _stopping(self) -> bool:
+        """A stop was asked for: on this process, or (data-parallel) on any rank, as the last all-reduce said."""
+        return self._stop_all if self._world > 1 else self._stop.signum is not None
 
     def _kept(self) -> str:
         """What is left to go back to, truthfully: nothing saved, nothing saved yet, or what last.pt holds."""
@@ -734,14 +928,40 @@ class Trainer:
         :raises StorageError: a checkpoint or ``metrics.jsonl`` could not be written (disk full, read-only).
         """
         with ExitStack() as stack:
-            if self.run_dir is not None:
+            self._join_process_group()
+            if self.run_dir is not None and self._rank == 0:  # rank 0 alone writes into the run directory
                 stack.enter_context(run_lock(self.run_dir))
                 # ours alone now: any temporary file here is a dead write's (a kill during a save or a metrics rewrite)
                 remove_stale_temporaries(self.run_dir, extra=("metrics.jsonl.tmp",))
             stack.enter_context(pyro.settings.context(module_local_params=True))
             stack.enter_context(pyro.validation_enabled(False))
             stop = stack.enter_context(_StopRequests(enabled=self.run_dir is not None))
+            self._stop, self._stop_all = stop, False
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
             return self._fit(train, valid, resume, stack, stop)
+
+    def _join_process_group(self) -> None:
+        """Under torchrun, join the process group (gloo for a CPU device, NCCL for CUDA) and take this rank's GPU."""
+        if distributed.setup(self.device):
+            self._rank, self._world = distributed.rank(), distributed.world_size()
+            if self.device.type == "cuda" and self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self._rank, self._world = 0, 1
+
+    def _set_threads(self, x: torch.Tensor) -> None:
+        """Set torch's intra-op threads for the fit (``threads``) and record the choice in :attr:`threads_choice`."""
+        ranks_here = distributed.local_world_size() if self._world > 1 else 1
+        if self.threads is None:
+            self.threads_choice = {"threads": torch.get_num_threads(), "rule": "torch's setting (threads=None)"}
+            return
+        multi = callable(getattr(self.objective, "players", None))
+        flops = None if self.threads != "auto" else step_flops(self.model, self.guide, x, multi=multi)
+        n, rule = choose_threads(None if self.threads == "auto" else self.threads, flops, ranks_here)
+        torch.set_num_threads(n)
+        self.threads_choice = {"threads": n, "rule": rule, "cpus": usable_cpus(), "ranks_on_this_machine": ranks_here}
+        if flops is not None:
+            self.threads_choice["step_flops"] = flops
 
     def _check_datasets_once(self, *batches) -> bool:
         """Validate whole data tensors up front; True when every batch will be an untransformed slice of one.
@@ -796,12 +1016,22 @@ class Trainer:
         train_batches = _as_batches(train, self.batch_size, True, self.seed, labels)
         valid_batches = _as_batches(valid, self.batch_size, False, self.seed, labels)
         data_size = _num_datapoints(train_batches)
+        if self._world > 1:
+            if not isinstance(train_batches, TensorBatches):
+                raise ConfigError(
+                    f"data-parallel training ({self._world} ranks) shards TensorBatches: give the training data as a tensor, "
+                    f"a pyro_gen dataset or TensorBatches, not {type(train_batches).__name__}"
+                )
+            train_batches = train_batches.shard(self._rank, self._world)
+            if isinstance(valid_batches, TensorBatches):
+                valid_batches = valid_batches.shard(self._rank, self._world)
         for module in self._modules():
             module.to(self.device)
         first = _first(next(iter(train_batches))).to(self.device)
         initialize(self.model, self.guide, first)
         if self._check_datasets_once(train_batches, valid_batches):
             stack.enter_context(checked_dataset())
+        self._set_threads(first)
         self._setup_optimizers()
         try:
             batches_per_epoch = len(train_batches)
@@ -815,7 +1045,8 @@ class Trainer:
         start, best, bad_epochs, position = 0, math.inf, 0, None
         self._initial_loss, self._saved = None, None
         metrics_path = self.run_dir / "metrics.jsonl" if self.run_dir else None
-        if self.run_dir:
+        main = self._rank == 0
+        if self.run_dir and main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             if not self.run_dir:
@@ -828,11 +1059,19 @@ class Trainer:
             where = f"epoch {start}" if position is None else f"epoch {start + 1} up to batch {position['batch']}"
             self._saved = f"{self.run_dir / 'last.pt'} holds {where}, where this run resumed"
             self.history = _read_metrics(metrics_path, upto=start)
-            _write_metrics(metrics_path, self.history)  # drop epochs past the checkpoint, and a torn last line
+            if main:
+                _write_metrics(metrics_path, self.history)  # drop epochs past the checkpoint, and a torn last line
         else:
             self.history = []  # a fresh fit starts a new history, as it starts a new metrics.jsonl
-            if metrics_path is not None and metrics_path.exists():
+            if main and metrics_path is not None and metrics_path.exists():
                 metrics_path.unlink()
+        if self._world > 1:
+            # every rank built the same weights from the same seed; make sure of it (and of restored ones) from rank 0
+            for module in self._modules():
+                distributed.broadcast_module_(module)
+            if position is not None and not main:
+                # the epoch's running sums in the checkpoint are global: rank 0 carries them, the others add to zero
+                position = {**position, "sums": {k: 0.0 for k in position["sums"]}}
 
         multi = self.players is not None
         for epoch in range(start, self.epochs):
@@ -857,24 +1096,36 @@ class Trainer:
                 desc=f"epoch {epoch + 1}/{self.epochs}",
                 total=batches_per_epoch,
                 initial=first_step,
-                disable=not self.progress,
+                disable=not (self.progress and main),
                 leave=False,
                 mininterval=1.0,
             )
             for step, batch in enumerate(bar, start=first_step):
                 if batches_per_epoch is not None and self.lr_schedule != "constant":
                     self._schedule(epoch * batches_per_epoch + step, self.epochs * batches_per_epoch)
+                if self._world > 1:  # each rank its own draws, a function of the position alone (exact resume)
+                    torch.manual_seed(batch_seed(self.seed, epoch, step, self._rank))
                 if multi:
                     batch = _to_device(batch, self.device)
                     x = _first(batch)
                     values = self._play(batch, data_size, epoch, step)
+                    n_batch = self._batch_count
                     for name, value in values.items():
                         s, c = player_sums.get(name, (0.0, 0))
-                        player_sums[name] = (s + value * len(x), c + len(x))
+                        player_sums[name] = (s + value * n_batch, c + n_batch)
                     if step % 50 == 0 and values:
                         bar.set_postfix({f"{k}_loss": f"{v:.3f}" for k, v in values.items()})
+                elif self._world > 1:
+                    x = _first(batch).to(self.device, non_blocking=True)
+                    value, n_batch = self._distributed_step(x, data_size, epoch, step)
+                    if self._initial_loss is None and not resume:
+                        self._initial_loss = value
+                    total += value * n_batch
+                    if step % 50 == 0:
+                        bar.set_postfix(loss=f"{value:.3f}")
                 else:
                     x = _first(batch).to(self.device, non_blocking=True)
+                    n_batch = len(x)
                     loss = self._step_loss(x, data_size)
                     value = loss.item()
                     if not math.isfinite(value):
@@ -889,10 +1140,10 @@ class Trainer:
                     total += value * len(x)
                     if step % 50 == 0:
                         bar.set_postfix(loss=f"{value:.3f}")
-                count += len(x)
+                count += n_batch
                 for k, v in self.objective.last_metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * len(x)
-                if stop.signum is not None and skippable and batches.position < batches.length:
+                if self._stopping() and skippable and batches.position < batches.length:
                     # a safe point: save where this epoch stands, so that resuming continues with its next batch
                     bar.close()
                     self._interrupt_mid_epoch(
@@ -900,6 +1151,12 @@ class Trainer:
                     )
             bar.close()
             seconds = time.perf_counter() - t0
+            if self._world > 1:
+                sums = self._global_sums(sums)
+                for module in self._modules():  # batch-norm statistics, spectral-norm vectors: rank 0's, as DDP's buffers
+                    for buffer in module.buffers():
+                        distributed.broadcast_(buffer)
+                torch.manual_seed(batch_seed(self.seed, epoch, -1, self._rank))  # the validation's draws
             # a finite loss can still give a non-finite gradient; never checkpoint NaN parameters as "good"
             if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
                 raise TrainingDivergedError(
@@ -913,6 +1170,7 @@ class Trainer:
             else:
                 self._check_blow_up(train_loss, epoch)
             record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": seconds, **losses}
+            record.update(threads=torch.get_num_threads(), ranks=self._world)
             record.update({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()})
             if hasattr(self.objective, "beta_now"):
                 record["beta"] = self.objective.beta_now
@@ -927,17 +1185,19 @@ class Trainer:
                 else:
                     bad_epochs += 1
             self.history.append(record)
-            if self.progress:
+            if self.progress and main:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            if self.run_dir:
+            if self.run_dir and main:
                 # the record goes first: a kill between the two leaves a record past last.pt, which resuming drops
                 _append_metrics(metrics_path, record)
                 self._save_last(self._checkpoint(epoch + 1, best, bad_epochs), improved, f"the end of epoch {epoch + 1}")
             if self.patience is not None and bad_epochs >= self.patience:
-                if self.progress:
+                if self.progress and main:
                     tqdm.write(f"early stopping: no validation improvement in {self.patience} epochs")
                 break
-            if stop.signum is not None and epoch + 1 < self.epochs:
+            if self._world > 1:  # a signal may have come after the epoch's last batch: agree on it
+                self._stop_all = distributed.all_reduce_sum([float(self._stop_all or stop.signum is not None)])[0] > 0
+            if self._stopping() and epoch + 1 < self.epochs:
                 raise TrainingInterrupted(
                     f"training stopped on {stop.name} at the end of epoch {epoch + 1} of {self.epochs}; "
                     f"{self.run_dir / 'last.pt'} holds it, and resuming (fit(resume=True), --resume) continues from there exactly",
@@ -954,6 +1214,8 @@ class Trainer:
                 f"the parameters became NaN or infinite in epoch {epoch + 1} (a non-finite gradient); {self._kept()}"
             )
         where = batches.state()
+        if self._world > 1:
+            sums = self._global_sums(sums)
         position = {
             "epoch": epoch,  # 0-based, == the checkpoint's "epoch" (completed epochs)
             "batch": where["batch"],  # batches of this epoch already trained on
@@ -967,7 +1229,9 @@ class Trainer:
             "seconds": seconds,
         }
         path = self.run_dir / "last.pt"
-        save_checkpoint(self._checkpoint(epoch, best, bad_epochs, position), path)
+        if self._rank == 0:
+            save_checkpoint(self._checkpoint(epoch, best, bad_epochs, position), path)
+        distributed.barrier()  # every rank stops once the file is there
         self._saved = f"{path} holds epoch {epoch + 1} up to batch {where['batch']}"
         raise TrainingInterrupted(
             f"training stopped on {stop.name} in epoch {epoch + 1} of {self.epochs}, after batch {where['batch']} of {batches.length}; "

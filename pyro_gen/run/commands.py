@@ -3,17 +3,46 @@
 None of them branches on the kind of model: the family named by ``model.kind``
 (:mod:`pyro_gen.families`) does the family's part, and :class:`~pyro_gen.run.rundir.RunDir`
 every file's. Each command that writes holds the run directory's lock.
+
+Under ``torchrun`` (``torchrun --nproc_per_node N -m pyro_gen train CONFIG --run-dir D``) every rank runs
+the command: they join the process group (:mod:`pyro_gen.distributed`), train and score together, and
+rank 0 alone writes the run directory and holds its lock (the other ranks read it through
+:class:`_ReadingRunDir`) and draws the figures.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
+from pyro_gen import distributed
 from pyro_gen.config import RunConfig
 from pyro_gen.errors import ConfigError, RunDirError
 from pyro_gen.families import AnalyzeOptions, EvalOptions, Scores
 from pyro_gen.run.data import check_device
 from pyro_gen.run.rundir import RunDir
+
+
+class _ReadingRunDir(RunDir):
+    """A run directory as a rank other than 0 sees it in a data-parallel run: read like any, never written or locked."""
+
+    def start_fresh(self) -> None:
+        pass
+
+    def save_config(self, config) -> None:
+        pass
+
+    def write_json(self, name: str, obj) -> Path:
+        return self.path / name
+
+    @contextlib.contextmanager
+    def lock(self):
+        yield self
+
+
+def _run_dir(path) -> RunDir:
+    """The run directory at ``path``; on a rank other than 0 of a data-parallel run, one that it only reads."""
+    return RunDir(path) if distributed.is_main() else _ReadingRunDir(path)
 
 
 def check_config(config: RunConfig) -> None:
@@ -58,6 +87,8 @@ def train(config: RunConfig | None, run_dir, resume: bool = False, device: str |
     if device is not None:
         check_device(device)
         config.train.device = device
+    distributed.setup(config.train.device)  # under torchrun: join the process group (gloo on CPU, NCCL on CUDA)
+    run = _run_dir(run_dir)
     splits = validate(config)
     family = config.family
     with run.lock():
@@ -68,6 +99,7 @@ def train(config: RunConfig | None, run_dir, resume: bool = False, device: str |
             run.start_fresh()
         training = family.fit(config, splits, run, resume)
         run.write_training(training)  # written last: the run is complete
+    distributed.barrier()  # every rank scores the run once rank 0 has written it
     return evaluate_run(run.path, device=config.train.device)
 
 
@@ -75,6 +107,10 @@ def evaluate_run(run_dir, nll_samples: int | None = None, device=None, figures: 
     """Score a run on its test split; write ``metrics.json`` (and figures). Returns the family's score record."""
     run = RunDir(run_dir)
     config = run.config()
+    distributed.setup(device or config.train.device)
+    run = _run_dir(run_dir)
+    if not distributed.is_main():
+        figures = False  # rank 0 draws them
     if nll_samples is not None and nll_samples < 1:
         raise ConfigError(f"--nll-samples must be a positive number of importance samples, got {nll_samples}")
     if device is not None:
