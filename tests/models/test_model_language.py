@@ -216,11 +216,14 @@ def test_a_gaussian_prior_of_parents_builds_a_hierarchical_vae():
 
 
 # -- the old language's silent failures, now errors naming the site -----------------------------------
-def test_a_discrete_latent_is_refused_by_name():
+def test_a_discrete_latent_that_cannot_be_enumerated_is_refused_by_name():
+    # a OneHotCategorical latent used to train silently to a negative NLL on binary data (a continuous
+    # guide on a discrete site); a local Categorical is summed out (tests/infer/test_enumerate.py)
     with pytest.raises(ConfigError, match="latent 'y' has a discrete prior"):
         Latent("y", prior=dist.OneHotCategorical(logits=torch.zeros(10)))
     with pytest.raises(ConfigError, match="latent 'y' has a discrete prior"):
-        Latent("y", prior=dist.Categorical(logits=torch.zeros(10)))
+        Latent("y", prior=dist.Bernoulli(0.5), shape=(3,))
+    assert Latent("y", prior=dist.Categorical(logits=torch.zeros(10))).num_values == 10
 
 
 def test_a_distribution_prior_with_trainable_tensors_is_refused_instead_of_frozen():
