@@ -1,0 +1,90 @@
+"""Data-parallel throughput: 2 ranks against 1 on this machine (issue #12 d).
+
+The library's VAE on binarized-MNIST-shaped data (784-300-300-40 MLPs, ELBO, Adam), trained by the one
+``Trainer`` with the same *per-rank* batch (``--batch``) and one intra-op thread per rank: 1 rank takes
+global batches of ``batch``, 2 ranks global batches of ``2 * batch``, each rank its half, and the gradients
+averaged by the trainer's all-reduce (gloo). The ranks are started by ``torch.multiprocessing.spawn`` with
+torchrun's environment variables (what ``torchrun --nproc_per_node N`` gives them). Throughput is
+training samples per second over one epoch of ``--steps`` steps (the epoch time the trainer records,
+which excludes start-up); 1-rank and 2-rank runs alternate ``--reps`` times.
+
+    python bench/ddp_throughput.py [--steps 100] [--batch 128] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, steps: int, batch: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    from pyro_gen import Trainer, distributed, make_guide, vae
+
+    if world > 1:
+        distributed.setup("cpu")
+    torch.manual_seed(0)
+    model = vae((1, 28, 28), 40, hidden=(300, 300))
+    guide = make_guide("normal", model, hidden=(300, 300))
+    n = steps * batch * world
+    x = torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=torch.Generator().manual_seed(0))
+    trainer = Trainer(model, guide, "elbo", lr=1e-3, batch_size=batch * world, epochs=1, progress=False, threads=1)
+    history = trainer.fit(x)
+    if rank == 0:
+        Path(out).write_text(json.dumps({"seconds": history[0]["seconds"], "samples": n, "threads": history[0]["threads"]}))
+    distributed.shutdown()
+
+
+def run(world: int, steps: int, batch: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "result.json")
+        if world == 1:
+            _rank(0, 1, 0, steps, batch, out)
+        else:
+            torch.multiprocessing.spawn(_rank, args=(world, _free_port(), steps, batch, out), nprocs=world, join=True)
+        result = json.loads(Path(out).read_text())
+    return result["samples"] / result["seconds"]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch", type=int, default=128, help="per-rank batch")
+    p.add_argument("--reps", type=int, default=3)
+    args = p.parse_args(argv)
+    print(f"# {' '.join(['python', *sys.argv])}  ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)")
+    print(f"usable CPUs: {len(os.sched_getaffinity(0))}, load average before: {os.getloadavg()}")
+    rates = {1: [], 2: []}
+    for rep in range(args.reps):
+        for world in (1, 2):
+            rates[world].append(run(world, args.steps, args.batch))
+            print(f"rep {rep + 1}: {world} rank(s): {rates[world][-1]:.0f} samples/s", flush=True)
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    ratios = [b / a for a, b in zip(rates[1], rates[2])]
+    print(
+        f"median: 1 rank {one:.0f} samples/s, 2 ranks {two:.0f} samples/s: {two / one:.2f}x (per-rep ratios {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
