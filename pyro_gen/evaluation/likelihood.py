@@ -56,8 +56,11 @@ class LikelihoodResult:
     protocol: dict = field(default_factory=dict)
 
     @property
-    def active_units(self) -> int:
-        """Latent dimensions whose posterior mean varies across datapoints by more than 0.01 (variance)."""
+    def active_units(self) -> int | None:
+        """Latent dimensions whose posterior mean varies across datapoints by more than 0.01 (variance);
+        ``None`` where no posterior means were recorded (a model with an enumerated discrete latent)."""
+        if self.posterior_mean.shape[-1] == 0:
+            return None
         if len(self.posterior_mean) < 2:
             return 0
         return int((self.posterior_mean.var(0, unbiased=True) > 0.01).sum())
@@ -108,7 +111,7 @@ def _blocks(n: int, num_samples: int, chunk_size: int) -> list[slice]:
     return [slice(start, min(start + batch, n)) for start in range(0, n, batch)]
 
 
-def _block_draws(model, guide, xb: torch.Tensor, num_samples: int, chunk_size: int, check: bool):
+def _block_draws(model, guide, xb: torch.Tensor, num_samples: int, chunk_size: int, check: bool, yb=None):
     """Yield ``(particles, model_trace, guide_trace)`` for every chunk of the ``num_samples`` draws for the block ``xb``.
 
     ``particles`` is a slice: which of the draws the chunk's traces hold (vectorized in a ``"particles"`` plate).
@@ -118,7 +121,7 @@ def _block_draws(model, guide, xb: torch.Tensor, num_samples: int, chunk_size: i
     done = 0
     while done < num_samples:
         k = min(per_chunk, num_samples - done)
-        model_trace, guide_trace = get_traces(m, g, xb, num_particles=k)
+        model_trace, guide_trace = get_traces(m, g, xb, num_particles=k, **({} if yb is None else {"y": yb}))
         if done == 0 and check:
             check_sites(model_trace, guide_trace)
         yield slice(done, done + k), model_trace, guide_trace
@@ -162,6 +165,7 @@ def log_likelihood(
     weights_fn=None,
     shard: bool | None = None,
     block_seeds: bool | None = None,
+    y: torch.Tensor | None = None,
 ) -> LikelihoodResult:
     """Importance-sampled ``log p(x)`` per datapoint with ``num_samples`` draws from the guide.
 
@@ -178,11 +182,20 @@ def log_likelihood(
         are gathered round by round and every rank calls ``weights_fn`` on every block, in order.
     :param shard: split the blocks of datapoints over the ranks of the process group and gather the results
         (every rank must call); ``None``: when a process group of several ranks is initialized (torchrun).
+    :param y: class labels, one per datapoint, for a model conditioned on them (``num_classes``): the
+        estimate is then ``log p(x | y)``. A model with a discrete latent has it summed out exactly
+        (:func:`~pyro_gen.infer.enumerate.enumerated_log_likelihood`), ``y`` not given.
     :param block_seeds: seed each block's draws from ``(seed, its first datapoint)``, so that they do not
         depend on how the blocks are shared out; ``None``: exactly when sharded. Off, the draws are one
         stream from ``seed`` over the blocks in order (the single-process numbers of every earlier release).
     """
     _check_inputs(model, x, num_samples, chunk_size)
+    if getattr(model, "discrete_latents", None):
+        return _enumerated(model, guide, x, num_samples, chunk_size, seed)
+    if getattr(model, "num_classes", None):
+        y = model.check_labels(y, len(x))
+    elif y is not None:
+        raise ConfigError("y (class labels) is for a model conditioned on them (LatentModel(..., num_classes=K)); this model takes none")
     device = _device(model)
     shard = distributed.active() if shard is None else bool(shard and distributed.active())
     rank, world = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
@@ -205,8 +218,9 @@ def log_likelihood(
                 if block_seeds:
                     torch.manual_seed(block_seed(seed, data.start))
                 xb = x[data].to(device)
+                yb = None if y is None else y[data].to(device)
                 b = len(xb)
-                for particles, model_trace, guide_trace in _block_draws(model, guide, xb, num_samples, chunk_size, first):
+                for particles, model_trace, guide_trace in _block_draws(model, guide, xb, num_samples, chunk_size, first, yb):
                     first = False
                     k = particles.stop - particles.start
                     t = trace_terms(model_trace, guide_trace)
@@ -255,6 +269,37 @@ def log_likelihood(
     return LikelihoodResult(*(t.cpu() for t in out), num_samples, chunk_size, protocol)
 
 
+def _enumerated(model, guide, x, num_samples: int, chunk_size: int, seed) -> LikelihoodResult:
+    """``log p(x)`` of a model whose discrete latent is summed out: exact in it, importance-sampled in the rest.
+
+    The ELBO is the enumerated bound (one draw of the continuous latents per value); the
+    reconstruction and KL terms are not separated for such a model and are reported as NaN.
+    """
+    from pyro_gen.infer.enumerate import enumerated_elbo, enumerated_log_likelihood
+
+    device = _device(model)
+    k = model.discrete_latents[0].num_values
+    chunk = max(1, min(num_samples, chunk_size // max(1, k * len(x))))
+    with _drawing(device, seed):
+        xd = x.to(device)
+        log_px = enumerated_log_likelihood(model, guide, xd, num_samples, chunk=chunk)
+        elbo, _ = enumerated_elbo(model, guide, xd)
+    nan = torch.full_like(log_px, math.nan)
+    no_means = log_px.new_zeros((len(x), 0))  # active units are not defined here: reported as None
+    protocol = {
+        "estimator": (
+            f"log sum_y (1/K) sum_k p(x, y, z_k) / q(z_k | x, y): the discrete latent "
+            f"{model.discrete_latents[0].name!r} summed exactly, K={num_samples} draws of the others per value"
+        ),
+        "num_samples": num_samples,
+        "seed": seed,
+        "datapoints": len(x),
+        "kl_and_reconstruction": "not separated for a model with an enumerated discrete latent (NaN)",
+        "threads": torch.get_num_threads(),
+    }
+    return LikelihoodResult(log_px.cpu(), elbo.cpu(), nan.cpu(), nan.cpu(), no_means.cpu(), num_samples, chunk_size, protocol)
+
+
 def _gather_rows(acc, sums, mean_sum, owned: list[slice], n: int):
     """Every rank's rows (the blocks it drew) on every rank: one sum over the ranks, other rows being zero."""
     mask = torch.zeros(n, dtype=torch.bool, device=acc.device)
@@ -299,12 +344,14 @@ def _local_values(model_trace, guide_trace, k: int, b: int) -> torch.Tensor:
 
 
 def evaluate(
-    model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int = 0, progress: bool = False
+    model, guide, x: torch.Tensor, num_samples: int = 1000, chunk_size: int = 2**15, seed: int = 0, progress: bool = False, y=None
 ) -> dict:
-    """Test scores in nats per datapoint: ``nll``, ``elbo``, ``reconstruction``, ``kl``, ``active_units``, with ``nll_samples`` and ``n``."""
+    """Test scores in nats per datapoint: ``nll``, ``elbo``, ``reconstruction``, ``kl``, ``active_units``, with ``nll_samples`` and ``n``.
+
+    ``y``: the labels of a conditional model (``log p(x | y)``)."""
     was_training = [model.training, guide.training]  # log_likelihood checks the inputs
     model.eval(), guide.eval()
     try:
-        return log_likelihood(model, guide, x, num_samples, chunk_size, seed, progress).summary()
+        return log_likelihood(model, guide, x, num_samples, chunk_size, seed, progress, y=y).summary()
     finally:
         model.train(was_training[0]), guide.train(was_training[1])

@@ -129,6 +129,8 @@ class AmortizedGuide(nn.Module):
         self.discrete_heads = nn.ModuleList([nn.Linear(context_dim, lat.num_values) for lat in self.discrete])
         self.families = nn.ModuleList(families)
         self.local_latents = [lat for lat in model.local_latents if not getattr(lat, "is_discrete", False)]
+        # a conditional model's labels are read like an observed discrete latent (one-hot)
+        self.num_classes = getattr(model, "num_classes", None)
         self.data_shape = tuple(model.data_shape)
         if len(families) != len(self.local_latents):
             raise ConfigError(f"need one family per continuous local latent ({len(self.local_latents)}), got {len(families)}")
@@ -151,7 +153,7 @@ class AmortizedGuide(nn.Module):
             with pyro.settings.context(module_local_params=True):
                 self.global_guide = auto(exposed)
 
-    def posterior(self, x: torch.Tensor) -> list[dist.TorchDistribution]:
+    def posterior(self, x: torch.Tensor, y=None) -> list[dist.TorchDistribution]:
         """q for each local latent, as distributions over the latents' shapes (no Pyro sites): first the
         categorical q(y | x) of a discrete latent, then the continuous latents in declaration order.
 
@@ -160,6 +162,10 @@ class AmortizedGuide(nn.Module):
         self._check_input(x)
         h = self.encoder(x)
         qs, values = [], {}
+        if self.num_classes:
+            if y is None:
+                raise ConfigError(f"this guide's model conditions on class labels (num_classes={self.num_classes}): pass y")
+            values["__labels__"] = y
         for lat, head in zip(self.discrete, self.discrete_heads):
             q = dist.Categorical(logits=head(h))
             values[lat.name] = q.sample()
@@ -177,10 +183,12 @@ class AmortizedGuide(nn.Module):
     def _q(self, i: int, h: torch.Tensor, values: dict) -> dist.TorchDistribution:
         """q of the ``i``-th local latent given features ``h`` and the values sampled so far (by local index or name)."""
         lat, family = self.local_latents[i], self.families[i]
-        if self._parents[i] or self.discrete:
+        if self._parents[i] or self.discrete or self.num_classes:
             parts = [h]
             for d in self.discrete:  # q(z | x, y): a continuous latent reads the discrete one's value, one-hot
                 parts.append(torch.nn.functional.one_hot(values[d.name], d.num_values).to(h.dtype))
+            if self.num_classes:  # q(z | x, y) of a conditional model
+                parts.append(torch.nn.functional.one_hot(values["__labels__"], self.num_classes).to(h.dtype))
             for local, name, event in self._parents[i]:
                 if name in self._discrete_names:
                     continue  # already read, one-hot
@@ -232,6 +240,10 @@ class AmortizedGuide(nn.Module):
                     "with each of its values (y); score data through pyro_gen's objectives or evaluator"
                 )
             values[self.discrete[0].name] = y
+        if self.num_classes:
+            if y is None:
+                raise ConfigError(f"this guide's model conditions on class labels (num_classes={self.num_classes}): pass y")
+            values["__labels__"] = y
         if self.global_guide is not None:
             values.update(self.global_guide(x, data_size=data_size) or {})
         out = []

@@ -107,6 +107,7 @@ def make_guide(
         dim = math.prod(unconstrained_shape(support, lat.shape)) if support is not constraints.real else lat.size
         # every continuous family reads the discrete latent (one-hot: q(z | x, y), as in M2) and its other parents
         parents = sum(d.num_values for d in discrete) + sum(sizes[p] for p in lat.parents if p not in {d.name for d in discrete})
+        parents += getattr(model, "num_classes", None) or 0
         families.append(make_family(kind, context_dim + parents, dim, layers, flow_lr_scale))
     label = name if isinstance(name, str) else ",".join(f"{k}={v}" for k, v in name.items())
     guide = AmortizedGuide(model, encoder, families, global_guide=global_guide, name=label, supports=supports, context_dim=context_dim)

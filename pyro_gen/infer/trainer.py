@@ -220,6 +220,16 @@ def _num_datapoints(batches) -> int | None:
     return n
 
 
+def _labels(batch):
+    """The labels of a labelled batch ``(x, y)``, else ``None``."""
+    return batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+
+
+def _model_reads_labels(model) -> bool:
+    """A model conditioned on class labels (``num_classes``) or with a discrete latent they observe."""
+    return bool(getattr(model, "num_classes", None) or getattr(model, "discrete_latents", None))
+
+
 def _first(batch):
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
@@ -409,18 +419,24 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return decode_checkpoint(data, path, map_location)
 
 
-def initialize(model, guide, x: torch.Tensor) -> None:
+def initialize(model, guide, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
     """Run model and guide once on a small batch: create lazy parameters (autoguides) and check the sites match.
 
     With ``guide=None`` (a GAN generator) the model runs once on its own. Modules run in eval
-    mode here, so that this pass does not move batch-norm statistics.
+    mode here, so that this pass does not move batch-norm statistics. ``y``: the batch's labels,
+    for a model conditioned on them; a model with an enumerated discrete latent runs at its value 0.
     """
+    kwargs = {}
+    if getattr(model, "discrete_latents", None):  # its labels may be -1 (unknown): any valid value will do
+        kwargs["y"] = torch.zeros(len(x[:2]), dtype=torch.long, device=x.device)
+    elif y is not None:
+        kwargs["y"] = y[:2].to(x.device)
     modes = [(m, m.training) for m in (model, guide) if isinstance(m, torch.nn.Module)]
     for m, _ in modes:
         m.eval()
     try:
         with torch.no_grad():
-            model_trace, guide_trace = get_traces(model, guide, x[:2])
+            model_trace, guide_trace = get_traces(model, guide, x[:2], **kwargs)
     finally:
         for m, training in modes:
             m.train(training)
@@ -697,8 +713,10 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
 
-    def _step_loss(self, x, data_size):
-        return self.objective(self.model, self.guide, x, data_size=data_size)
+    def _step_loss(self, x, data_size, y=None):
+        if y is None:
+            return self.objective(self.model, self.guide, x, data_size=data_size)
+        return self.objective(self.model, self.guide, x, data_size=data_size, y=y.to(x.device))
 
     @torch.no_grad()
     def evaluate_loss(self, batches, data_size=None) -> float:
@@ -717,7 +735,9 @@ class Trainer:
                 x, loss = _first(batch), self.objective(self.model, self.guide, batch)
             else:
                 x = _first(batch).to(self.device)
-                loss = self.objective.validation_loss(self.model, self.guide, x, data_size=None)
+                y = _labels(batch)
+                extra = {} if y is None else {"y": y.to(self.device)}
+                loss = self.objective.validation_loss(self.model, self.guide, x, data_size=None, **extra)
             total += float(loss) * len(x)
             count += len(x)
         if self._world > 1:  # each rank scored its shard (or, for other iterables, everything: the mean is then the ranks' mean)
@@ -826,10 +846,10 @@ class Trainer:
         return values
 
     # -- data-parallel steps ------------------------------------------------------
-    def _distributed_step(self, x, data_size, epoch: int, step: int) -> tuple[float, int]:
+    def _distributed_step(self, x, data_size, epoch: int, step: int, y=None) -> tuple[float, int]:
         """One single-player step on this rank's shard ``x``, gradients averaged over the ranks: ``(global loss, global count)``."""
         n = len(x)
-        loss = self._step_loss(x, data_size) if n else None  # a rank whose slice of a short last batch is empty adds nothing
+        loss = self._step_loss(x, data_size, y) if n else None  # a rank whose slice of a short last batch is empty adds nothing
         self.optimizer.zero_grad(set_to_none=True)
         if loss is not None:
             loss.backward()
@@ -1012,7 +1032,9 @@ class Trainer:
         from tqdm.auto import tqdm
 
         pyro.set_rng_seed(self.seed)
-        labels = bool(getattr(self.objective, "needs_labels", False))
+        # labels travel with the batches for a GAN that asks for them, a model conditioned on them and a
+        # model whose discrete latent they observe (semi-supervised: -1 where unknown)
+        labels = bool(getattr(self.objective, "needs_labels", False)) or _model_reads_labels(self.model)
         train_batches = _as_batches(train, self.batch_size, True, self.seed, labels)
         valid_batches = _as_batches(valid, self.batch_size, False, self.seed, labels)
         data_size = _num_datapoints(train_batches)
@@ -1027,8 +1049,14 @@ class Trainer:
                 valid_batches = valid_batches.shard(self._rank, self._world)
         for module in self._modules():
             module.to(self.device)
-        first = _first(next(iter(train_batches))).to(self.device)
-        initialize(self.model, self.guide, first)
+        first_batch = next(iter(train_batches))
+        first = _first(first_batch).to(self.device)
+        initialize(
+            self.model,
+            self.guide,
+            first,
+            _labels(first_batch) if self.players is None and not callable(getattr(self.objective, "players", None)) else None,
+        )
         if self._check_datasets_once(train_batches, valid_batches):
             stack.enter_context(checked_dataset())
         self._set_threads(first)
@@ -1117,7 +1145,7 @@ class Trainer:
                         bar.set_postfix({f"{k}_loss": f"{v:.3f}" for k, v in values.items()})
                 elif self._world > 1:
                     x = _first(batch).to(self.device, non_blocking=True)
-                    value, n_batch = self._distributed_step(x, data_size, epoch, step)
+                    value, n_batch = self._distributed_step(x, data_size, epoch, step, _labels(batch))
                     if self._initial_loss is None and not resume:
                         self._initial_loss = value
                     total += value * n_batch
@@ -1126,7 +1154,7 @@ class Trainer:
                 else:
                     x = _first(batch).to(self.device, non_blocking=True)
                     n_batch = len(x)
-                    loss = self._step_loss(x, data_size)
+                    loss = self._step_loss(x, data_size, _labels(batch))
                     value = loss.item()
                     if not math.isfinite(value):
                         raise TrainingDivergedError(f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; {self._kept()}")

@@ -177,6 +177,9 @@ class LatentModel(nn.Module):
     :param likelihood: a :class:`~pyro_gen.models.likelihoods.Likelihood`.
     :param data_shape: the shape of one datapoint, e.g. ``(1, 28, 28)``.
     :param str obs_name: the observed site's name.
+    :param num_classes: a model conditioned on class labels (a conditional VAE): calls take ``y``,
+        one label per datapoint, and the decoder is called with the latents and then the labels;
+        the guide's families read them too (one-hot). Spelled as the conditional GAN spells it.
     """
 
     max_plate_nesting = 1
@@ -188,6 +191,7 @@ class LatentModel(nn.Module):
         likelihood: Likelihood,
         data_shape: Sequence[int],
         obs_name: str = "x",
+        num_classes: int | None = None,
     ):
         super().__init__()
         latents = list(latents)
@@ -222,6 +226,14 @@ class LatentModel(nn.Module):
         self.likelihood = likelihood
         self.data_shape = tuple(data_shape)
         self.obs_name = obs_name
+        if num_classes is not None:
+            if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+                raise ConfigError(f"num_classes must be an integer of at least 2 (the number of labels), got {num_classes!r}")
+            if any(lat.is_discrete for lat in latents):
+                raise ConfigError(
+                    "a model either conditions on observed labels (num_classes) or infers a discrete latent from them, not both"
+                )
+        self.num_classes = num_classes
         # default standard-normal priors live in buffers so that .to(device) moves them
         for i, lat in enumerate(latents):
             if lat.prior is None:
@@ -303,13 +315,26 @@ class LatentModel(nn.Module):
         if not values_already_checked():
             self.likelihood.validate(x)  # NaN / inf included
 
-    def decode(self, *latent_values: torch.Tensor) -> torch.Tensor:
+    def check_labels(self, y, batch_size: int) -> torch.Tensor:
+        """The class labels a conditional model (``num_classes``) is given: integers in ``0..num_classes-1``, one per datapoint."""
+        if y is None:
+            raise ConfigError(
+                f"this model conditions on class labels (num_classes={self.num_classes}): pass y, one label per datapoint "
+                "(model(x, y=labels), model(batch_size=n, y=labels); a labelled dataset gives them to the trainer)"
+            )
+        if not torch.is_tensor(y) or y.shape != (batch_size,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise DataError(f"labels y must be an integer tensor of shape ({batch_size},), got {getattr(y, 'shape', type(y).__name__)}")
+        if bool(((y < 0) | (y >= self.num_classes)).any()):
+            raise DataError(f"labels y must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes})")
+        return y
+
+    def decode(self, *latent_values: torch.Tensor, y=None) -> torch.Tensor:
         """Run the decoder and shape its output to ``batch + data_shape``, or ``(params,) + batch + data_shape``.
 
         The decoder's flat output per datapoint holds the first parameter of every value,
         then the second (e.g. all locations, then all scales).
         """
-        out = self.decoder(*latent_values)
+        out = self.decoder(*latent_values) if y is None else self.decoder(*latent_values, y)
         # the batch shape (particles and datapoints) of the local latents: the largest one's, since an
         # enumerated discrete latent is observed once per datapoint while the others carry particles
         batch = max(
@@ -339,6 +364,7 @@ class LatentModel(nn.Module):
             raise ConfigError("call the model with data x, or with batch_size=n to generate n datapoints")
         elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer (the number of datapoints to generate), got {batch_size!r}")
+        labels = self.check_labels(y, batch_size) if self.num_classes is not None else None
         values = [None] * len(self.latents)
         for i, lat in enumerate(self.latents):
             if not lat.local:
@@ -349,7 +375,7 @@ class LatentModel(nn.Module):
                     values[i] = self._discrete_site(i, lat, x, y, batch_size)
                 elif lat.local:
                     values[i] = pyro.sample(lat.name, self.prior(i, values))
-            params = self.decode(*values)
+            params = self.decode(*values, y=labels)
             pyro.sample(self.obs_name, self.likelihood(params, len(self.data_shape)), obs=x)
         return params
 

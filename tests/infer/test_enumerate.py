@@ -147,3 +147,29 @@ def test_other_discrete_latents_are_refused_by_name():
         Latent("y", prior=dist.OneHotCategorical(logits=torch.zeros(10)))
     with pytest.raises(ConfigError, match="latent 'g' has a discrete prior"):
         Latent("g", prior=dist.Categorical(logits=torch.zeros(3)), local=False)
+
+
+def test_evaluate_sums_the_discrete_latent_out(fitted):
+    from pyro_gen import evaluate
+
+    model, guide, x, _ = fitted
+    scores = evaluate(model, guide, x[:30], num_samples=2000, seed=5)
+    assert abs(-scores["nll"] - exact_log_px(model, x[:30]).mean().item()) < 0.05
+    assert scores["active_units"] is None and math.isnan(scores["kl"])
+    assert "summed exactly" in scores["protocol"]["estimator"]
+
+
+def test_semi_supervised_training_through_the_trainer_uses_the_labels():
+    from pyro_gen import TensorBatches, Trainer
+
+    model = mixture_model()
+    guide = make_guide("normal", model, hidden=(32,))
+    with torch.no_grad():
+        y = model.latents[0].prior.sample((300,))
+        x = model.likelihood(model.decode(y, torch.randn(300, DZ)), 1).sample()
+    labels = y.clone()
+    labels[30:] = -1  # 10% labelled
+    history = Trainer(model, guide, "elbo", epochs=30, batch_size=50, lr=5e-3, progress=False).fit(TensorBatches(x, 50, y=labels))
+    assert all(math.isfinite(r["train_loss"]) for r in history)
+    accuracy = (guide.discrete_log_probs(x).argmax(-1) == y).double().mean().item()
+    assert accuracy > 0.9, accuracy  # the components are well separated: q(y | x) learns them

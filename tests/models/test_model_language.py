@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_gen import Latent, LatentModel, Trainer, evaluate, make_guide, make_likelihood
+from pyro_gen import Latent, LatentModel, TensorBatches, Trainer, evaluate, make_guide, make_likelihood
 from pyro_gen.errors import ConfigError
 from pyro_gen.infer.traces import get_traces
 from pyro_gen.models.priors import GaussianPrior, LearnedNormal, MixturePrior, Prior, VampPrior
@@ -259,3 +259,36 @@ def test_count_data_trains_at_the_default_learning_rate():
     history = Trainer(model, guide, "elbo", epochs=15, batch_size=50, progress=False).fit(x)
     losses = [r["train_loss"] for r in history]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+# -- covariates: a conditional model ----------------------------------------------------------------
+class LabelDecoder(nn.Module):
+    """x = W z + mu_y: the decoder gets the latents, then the labels."""
+
+    def __init__(self, classes: int, dz: int, dx: int):
+        super().__init__()
+        self.linear, self.mu = nn.Linear(dz, dx), nn.Embedding(classes, dx)
+
+    def forward(self, z, y):
+        return self.linear(z) + self.mu(y)
+
+
+def test_a_conditional_model_reads_its_labels_in_the_decoder_and_the_guide():
+    torch.manual_seed(0)
+    model = LatentModel(
+        [Latent("z", shape=(2,))], LabelDecoder(3, 2, 6), make_likelihood("gaussian", data_shape=(6,), scale=0.3), (6,), num_classes=3
+    )
+    guide = make_guide("normal", model, hidden=(16,))
+    assert guide.families[0].linear.in_features == 16 + 3  # q(z | x, y)
+    y = torch.arange(3).repeat(40)
+    with torch.no_grad():
+        x = model.likelihood(model(batch_size=120, y=y), 1).sample()
+    # the class means are what separates the labels: the samples of one label sit around its own mean
+    means = torch.stack([x[y == k].mean(0) for k in range(3)])
+    assert torch.allclose(means, model.decoder.mu.weight + model.decoder.linear.bias, atol=0.6)
+    history = Trainer(model, guide, "elbo", epochs=3, batch_size=40, progress=False).fit(TensorBatches(x, 40, y=y))
+    assert all(math.isfinite(r["train_loss"]) for r in history)
+    with pytest.raises(ConfigError, match="conditions on class labels"):
+        model(x)
+    with pytest.raises(Exception, match="must lie in 0..2"):
+        model(x, y=torch.full((120,), 5))
