@@ -224,11 +224,22 @@ class ELBO(TraceObjective):
     ``last_metrics`` holds the unmodified ELBO, reconstruction and KL (tensors, detached).
     """
 
-    def __init__(self, num_particles: int = 1, analytic_kl: bool = True, beta: float = 1.0, warmup_epochs: int = 0, free_bits: float = 0.0):
+    def __init__(
+        self,
+        num_particles: int = 1,
+        analytic_kl: bool = True,
+        beta: float = 1.0,
+        warmup_epochs: int = 0,
+        free_bits: float = 0.0,
+        classification_weight: float = 0.0,
+    ):
         super().__init__(num_particles=num_particles)
-        if beta < 0 or warmup_epochs < 0 or free_bits < 0:
-            raise ConfigError("beta, warmup_epochs and free_bits must be non-negative")
+        if beta < 0 or warmup_epochs < 0 or free_bits < 0 or classification_weight < 0:
+            raise ConfigError("beta, warmup_epochs, free_bits and classification_weight must be non-negative")
         self.analytic_kl, self.beta, self.warmup_epochs, self.free_bits = analytic_kl, beta, warmup_epochs, free_bits
+        # M2's alpha (Kingma et al. 2014, eq. 9): + alpha * log q(y_n | x_n) on the labelled points, so
+        # that the classifier q(y | x) also learns from the labels and not only from the unlabelled bound
+        self.classification_weight = classification_weight
         self._no_analytic: set = set()
 
     @property
@@ -317,7 +328,15 @@ class ELBO(TraceObjective):
         elbo, global_term = enumerated_elbo(model, guide, x, labels, self.num_particles)
         bound = elbo.mean() + global_term / data_size
         self.last_metrics = {"elbo": bound.detach()}
-        return -bound
+        loss = -bound
+        if self.classification_weight and labels is not None and bool((labels >= 0).any()):
+            known = labels.to(x.device) >= 0
+            log_q = guide.discrete_log_probs(x[known]).gather(1, labels.to(x.device)[known][:, None])[:, 0]
+            # per datapoint of the batch, like the bound: the labelled points' share of the batch carries it
+            classification = log_q.sum() / len(x)
+            self.last_metrics["classification"] = classification.detach()
+            loss = loss - self.classification_weight * classification
+        return loss
 
     def validation_loss(self, model, guide, x, **kwargs) -> torch.Tensor:
         """The negative ELBO per datapoint with beta = 1 and no free bits, whatever the schedule says."""
