@@ -173,3 +173,15 @@ def test_semi_supervised_training_through_the_trainer_uses_the_labels():
     assert all(math.isfinite(r["train_loss"]) for r in history)
     accuracy = (guide.discrete_log_probs(x).argmax(-1) == y).double().mean().item()
     assert accuracy > 0.9, accuracy  # the components are well separated: q(y | x) learns them
+
+
+def test_the_classification_weight_adds_alpha_log_q_of_the_labelled_points(fitted):
+    model, guide, x, y = fitted
+    x, labels = x[:20], y[:20].clone()
+    labels[10:] = -1
+    torch.manual_seed(6)
+    plain = make_objective("elbo")(model, guide, x, y=labels, data_size=20)
+    torch.manual_seed(6)
+    weighted = make_objective("elbo", classification_weight=3.0)(model, guide, x, y=labels, data_size=20)
+    log_q = guide.discrete_log_probs(x[:10]).gather(1, labels[:10, None])[:, 0]
+    assert torch.allclose(weighted, plain - 3.0 * log_q.sum() / 20, atol=1e-5)
