@@ -221,7 +221,10 @@ class VAEFamily(Family):
         likelihood, how = resolve_likelihood(config)
         if config.model.likelihood is None:
             config.model.likelihood = likelihood  # the resolved config is what config.yaml records
-            print(f"likelihood: {likelihood}, {how}", file=sys.stderr)
+            from pyro_gen import distributed
+
+            if distributed.is_main():  # once, not once per rank under torchrun
+                print(f"likelihood: {likelihood}, {how}", file=sys.stderr)
         # seed before the networks are built: their initial weights come from torch's global generator
         pyro.set_rng_seed(config.train.seed)
         model, guide = self.build(config, tuple(train.event_shape))
