@@ -364,6 +364,11 @@ class LatentModel(nn.Module):
             raise ConfigError("call the model with data x, or with batch_size=n to generate n datapoints")
         elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer (the number of datapoints to generate), got {batch_size!r}")
+        if y is not None and self.num_classes is None and not self.discrete_latents:
+            raise ConfigError(
+                "this model takes no labels (y): declare LatentModel(..., num_classes=K) to condition on them, or a discrete "
+                "latent (Latent('y', prior=dist.Categorical(...))) that they observe"
+            )
         labels = self.check_labels(y, batch_size) if self.num_classes is not None else None
         values = [None] * len(self.latents)
         for i, lat in enumerate(self.latents):

@@ -292,3 +292,15 @@ def test_a_conditional_model_reads_its_labels_in_the_decoder_and_the_guide():
         model(x)
     with pytest.raises(Exception, match="must lie in 0..2"):
         model(x, y=torch.full((120,), 5))
+
+
+def test_labels_given_to_a_model_that_reads_none_are_refused_not_dropped():
+    from pyro_gen import TensorBatches
+
+    model = LatentModel([Latent("z", shape=(2,))], nn.Linear(2, 4), make_likelihood("gaussian", data_shape=(4,)), (4,))
+    guide = make_guide("normal", model, hidden=(8,))
+    x, y = torch.randn(20, 4), torch.zeros(20, dtype=torch.long)
+    with pytest.raises(ConfigError, match="takes no labels"):
+        model(x, y=y)
+    with pytest.raises(Exception, match="takes no labels"):
+        Trainer(model, guide, "elbo", epochs=1, batch_size=10, progress=False).fit(TensorBatches(x, 10, y=y))
