@@ -72,13 +72,18 @@ def hand_elbo(model, guide, x, labels=None):
     return torch.where(labels >= 0, labelled, unlabelled)
 
 
+def draw(model, n: int):
+    """``(x, y)``: ``n`` datapoints of the model with their components."""
+    with torch.no_grad():
+        y = model.latents[0].prior.sample((n,))
+        return model.likelihood(model.decode(y, torch.randn(n, DZ)), 1).sample(), y
+
+
 @pytest.fixture
 def fitted():
     model = mixture_model()
     guide = make_guide("normal", model, hidden=(32,))
-    with torch.no_grad():
-        y = model.latents[0].prior.sample((400,))
-        x = model.likelihood(model.decode(y, torch.randn(400, DZ)), 1).sample()
+    x, y = draw(model, 400)
     objective = make_objective("elbo")
     optimizer = torch.optim.Adam(list(guide.parameters()), lr=1e-2)
     for _ in range(150):  # the guide only: the model stays at the truth
@@ -164,9 +169,7 @@ def test_semi_supervised_training_through_the_trainer_uses_the_labels():
 
     model = mixture_model()
     guide = make_guide("normal", model, hidden=(32,))
-    with torch.no_grad():
-        y = model.latents[0].prior.sample((300,))
-        x = model.likelihood(model.decode(y, torch.randn(300, DZ)), 1).sample()
+    x, y = draw(model, 300)
     labels = y.clone()
     labels[30:] = -1  # 10% labelled
     history = Trainer(model, guide, "elbo", epochs=30, batch_size=50, lr=5e-3, progress=False).fit(TensorBatches(x, 50, y=labels))
