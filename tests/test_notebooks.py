@@ -26,6 +26,11 @@ SMALL_SETTINGS = {
     "PYRO_GEN_NB_GAN_STEPS": "78",  # 03: generator steps on ring8 (one epoch of 78 batches)
     "PYRO_GEN_NB_GAN_GRID_STEPS": "20",  # 03: generator steps on grid25 (the training set shrinks to 20 batches)
     "PYRO_GEN_NB_GAN_DIGIT_STEPS": "21",  # 03: generator steps of each GAN on 8x8 digits (one epoch of 21 batches)
+    "PYRO_GEN_NB_LANG_EPOCHS": "2",  # 04: epochs of each VAE on 8x8 digits (hierarchical, conditional, VampPrior)
+    "PYRO_GEN_NB_LANG_M2_EPOCHS": "2",  # 04: epochs of the semi-supervised M2
+    "PYRO_GEN_NB_LANG_NLL_SAMPLES": "20",  # 04: importance samples per test image
+    "PYRO_GEN_NB_LANG_POISSON_POINTS": "200",  # 04: synthetic count vectors
+    "PYRO_GEN_NB_LANG_POISSON_EPOCHS": "3",  # 04: epochs of the Poisson model
 }
 
 
