@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pyro_gen.errors import ConfigError, PyroGenError
+from pyro_gen.errors import ConfigError, PyroGenError, TrainingInterrupted
 
 ANALYZE_POINTS = 100  # pyro_gen.run.ANALYZE_POINTS, repeated so that --help does not import torch
 
@@ -138,12 +138,6 @@ def _list() -> None:
     print("gan losses:  " + ", ".join(LOSSES))
 
 
-def _interrupted() -> tuple:
-    from pyro_gen import errors
-
-    return tuple(c for c in (getattr(errors, "TrainingInterrupted", None),) if c is not None)
-
-
 def _resume_hint(args) -> str:
     if args.command != "train" or not getattr(args, "run_dir", None):
         return ""
@@ -214,7 +208,7 @@ def _main(args) -> int:
         # Pyro re-raises errors from inside a traced model with the trace's shapes appended;
         # the user needs our message, not the shapes table
         message = str(e).split("\nTrace Shapes:")[0].rstrip()
-        if isinstance(e, _interrupted()):
+        if isinstance(e, TrainingInterrupted):
             print(f"{who}: {message}{_resume_hint(args)}", file=sys.stderr)
             import signal
 
