@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 from torch.distributions.utils import _sum_rightmost
 
@@ -395,6 +397,46 @@ class PyroELBO(TraceObjective):
         return loss / (kwargs.get("data_size") or x.shape[0])
 
 
+class MaximumLikelihood(TraceObjective):
+    """The negative log-likelihood per datapoint of a model with no latent variables (an explicit density).
+
+    Explicit-density models (a PixelCNN, a normalizing flow observed at ``x``) have an exact
+    ``log p(x)``: they are fitted by maximum likelihood, without a guide (``Trainer(model, None,
+    objective=MaximumLikelihood())``). The loss is ``-(1/B) sum_i log p(x_i)`` over the observed sites
+    of the data plate, plus the log-density of any global observed / factor site divided by the
+    dataset size. A model that samples a latent site has no exact likelihood here: it is refused,
+    naming the site (fit it with a guide and the ``elbo`` objective).
+    """
+
+    needs_guide = False
+
+    def __init__(self):
+        super().__init__(num_particles=1)
+
+    def __call__(self, model, guide, x, **kwargs) -> torch.Tensor:
+        if guide is not None:
+            raise ConfigError("maximum likelihood fits a model without latent variables: pass guide=None")
+        data_size = kwargs.pop("data_size", None) or len(x)
+        model_trace = poutine.trace(model).get_trace(x, **kwargs)
+        local, global_ = [], []
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if not site["is_observed"]:
+                raise ConfigError(
+                    f"maximum likelihood needs an exact log p(x), but the model samples the latent {name!r}; "
+                    "fit it with a guide and the 'elbo' objective"
+                )
+            values, is_local = reduce_site(site, site["fn"].log_prob(site["value"]))
+            (local if is_local else global_).append(values)
+        loss = -_per_datapoint(_total(local), _total(global_), len(x), data_size, x)
+        self.last_metrics = {"nll": loss.item()}
+        return loss
+
+    def validation_loss(self, model, guide, x, **kwargs) -> torch.Tensor:
+        return self(model, guide, x, **kwargs)
+
+
 def as_objective(objective) -> TraceObjective:
     """Accept a :class:`TraceObjective`, a Pyro ELBO instance, or a callable over traces."""
     from pyro.infer import ELBO as _PyroELBOBase
@@ -408,7 +450,7 @@ def as_objective(objective) -> TraceObjective:
     raise ConfigError(f"an objective must be a TraceObjective, a Pyro ELBO or a callable over traces; got {objective!r}")
 
 
-_OBJECTIVES = {"elbo": ELBO, "iwae": IWAE}
+_OBJECTIVES = {"elbo": ELBO, "iwae": IWAE, "mle": MaximumLikelihood}
 
 
 def objective_names() -> list[str]:
@@ -416,7 +458,7 @@ def objective_names() -> list[str]:
 
 
 def make_objective(name: str = "elbo", **options) -> TraceObjective:
-    """Build a built-in objective by name (``elbo``, ``iwae``) with its options."""
+    """Build a built-in objective by name (``elbo``, ``iwae``, ``mle``) with its options."""
     try:
         cls = _OBJECTIVES[name]
     except KeyError:

@@ -652,9 +652,11 @@ class Trainer:
         self.lr_schedule = lr_schedule
         self.model, self.guide = model, guide
         self.objective = make_objective(objective) if isinstance(objective, str) else as_objective(objective)
-        if guide is None and not callable(getattr(self.objective, "players", None)):
+        needs_guide = getattr(self.objective, "needs_guide", True) and not callable(getattr(self.objective, "players", None))
+        if guide is None and needs_guide:
             raise ConfigError(
-                "guide=None is for objectives that fit a model without inferring its latents (e.g. Adversarial); "
+                "guide=None is for objectives that fit a model without inferring its latents (Adversarial, "
+                "MaximumLikelihood for an explicit density); "
                 "give a guide for this objective, e.g. make_guide('normal', model)"
             )
         self.lr, self.batch_size, self.epochs, self.seed = lr, batch_size, epochs, seed
