@@ -30,6 +30,10 @@ class DatasetInfo:
     :ivar splits: all splits, e.g. ``("train", "valid", "test")``.
     :ivar description: one line for tables and logs.
     :ivar binarize: the ``binarize`` option these values are for.
+    :ivar levels: for quantized images, how many intensity levels the stored values take
+        (``k / (levels - 1)`` for ``k = 0 .. levels - 1``): 2 for binary images, 256 for 8-bit
+        grayscale, 17 for scikit-learn's 4-bit digits; ``None`` for continuous values. Discrete
+        densities (a PixelCNN's softmax) and dequantized flows read it (:mod:`pyro_gen.data.levels`).
     """
 
     name: str
@@ -40,6 +44,7 @@ class DatasetInfo:
     splits: tuple[str, ...]
     description: str
     binarize: str | None = None
+    levels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class _Spec:
     :param description: one line for :attr:`DatasetInfo.description`.
     :param generated: the data is generated, ``n`` is its size (no subset).
     :param needs_files: the data lives in the data directory.
+    :param levels: intensity levels of the stored values (see :attr:`DatasetInfo.levels`).
     """
 
     load: Callable[..., ArrayData]
@@ -65,6 +71,7 @@ class _Spec:
     splits: tuple[str, ...] = ("train", "valid", "test")
     generated: bool = False
     needs_files: bool = True
+    levels: int | None = None
 
 
 _GRAYSCALE = (None, "threshold", "dynamic")
@@ -87,6 +94,7 @@ _REGISTRY: dict[str, _Spec] = {
         values="binary",
         data_shape=(1, 28, 28),
         labels=("test",),
+        levels=2,
         description="Statically binarized MNIST (Larochelle & Murray 2011): 28x28 binary digits, 50000/10000/10000, test labels only",
     ),
     "mnist": _Spec(
@@ -95,6 +103,7 @@ _REGISTRY: dict[str, _Spec] = {
         values="unit_interval",
         data_shape=(1, 28, 28),
         labels=_ALL,
+        levels=256,
         description="MNIST handwritten digits: 28x28 grayscale in [0, 1], 50000/10000/10000, digit labels",
     ),
     "fashion_mnist": _Spec(
@@ -103,6 +112,7 @@ _REGISTRY: dict[str, _Spec] = {
         values="unit_interval",
         data_shape=(1, 28, 28),
         labels=_ALL,
+        levels=256,
         description="Fashion-MNIST clothing: 28x28 grayscale in [0, 1], 50000/10000/10000, class labels",
     ),
     "frey_faces": _Spec(
@@ -111,6 +121,7 @@ _REGISTRY: dict[str, _Spec] = {
         values="unit_interval",
         data_shape=(1, 28, 20),
         labels=(),
+        levels=256,
         description="Frey faces (Roweis): 28x20 grayscale faces in [0, 1], 1565/200/200, no labels",
     ),
     "digits": _Spec(
@@ -119,6 +130,7 @@ _REGISTRY: dict[str, _Spec] = {
         values="unit_interval",
         data_shape=(1, 8, 8),
         labels=_ALL,
+        levels=17,
         description="scikit-learn's 8x8 digits: grayscale in [0, 1], 1397/200/200, digit labels",
         needs_files=False,
     ),
@@ -204,7 +216,8 @@ def dataset_info(name: str, binarize: str | None = None) -> DatasetInfo:
     """
     spec = _spec(name)
     _check_binarize(name, spec, binarize)
-    values = "binary" if binarize in ("threshold", "dynamic") else spec.values
+    binary = binarize in ("threshold", "dynamic")
+    values = "binary" if binary else spec.values
     return DatasetInfo(
         name=name,
         values=values,
@@ -214,6 +227,7 @@ def dataset_info(name: str, binarize: str | None = None) -> DatasetInfo:
         splits=spec.splits,
         description=spec.description,
         binarize=binarize,
+        levels=2 if binary else spec.levels,
     )
 
 
