@@ -51,6 +51,10 @@ register_family(vae.VAEFamily)
 register_family(gmm.GMMFamily)
 register_family(gan.GANFamily)
 
+from pyro_gen.families import pixelcnn  # noqa: E402
+
+register_family(pixelcnn.PixelCNNFamily)
+
 __all__ = [
     "AnalyzeOptions",
     "EvalOptions",
