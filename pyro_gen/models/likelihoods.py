@@ -187,16 +187,28 @@ def likelihood_names() -> list[str]:
     return sorted(_LIKELIHOODS)
 
 
-def make_likelihood(name: str, data_shape=None, scale="learned") -> Likelihood:
-    """Build a likelihood by name (``bernoulli``, ``gaussian``, ``laplace``, ``continuous_bernoulli``, ``poisson``).
+def make_likelihood(name: str, data_shape=None, scale="learned", **options) -> Likelihood:
+    """Build a likelihood by name (``bernoulli``, ``gaussian``, ``laplace``, ``continuous_bernoulli``, ``poisson``,
+    ``pixelcnn``).
 
     ``scale`` applies to ``gaussian`` and ``laplace``: a positive number (fixed), ``"learned"``
     (one learned scale per data value) or ``"decoder"`` (the decoder predicts it).
+    ``pixelcnn`` is an autoregressive likelihood conditioned on the decoder's output (PixelVAE,
+    Gulrajani et al. 2017): ``data_shape=(1, H, W)`` and the ``options`` of
+    :class:`~pyro_gen.models.pixelcnn.PixelCNNLikelihood` (``levels``, ``cond_channels``, ``channels``, ``layers``, ...).
     """
+    if name == "pixelcnn":  # imported here: models.pixelcnn builds on this module
+        from pyro_gen.models.pixelcnn import PixelCNNLikelihood
+
+        if data_shape is None:
+            raise ConfigError("make_likelihood('pixelcnn') needs data_shape=(1, H, W), the images' shape")
+        return PixelCNNLikelihood(data_shape, **options)
+    if options:
+        raise ConfigError(f"likelihood {name!r} takes no options {sorted(options)} (they are the pixelcnn likelihood's)")
     try:
         cls = _LIKELIHOODS[name]
     except KeyError:
-        raise ConfigError(f"unknown likelihood {name!r}; choose one of {likelihood_names()}") from None
+        raise ConfigError(f"unknown likelihood {name!r}; choose one of {[*likelihood_names(), 'pixelcnn']}") from None
     if issubclass(cls, _LocationScale):
         return cls(scale=scale, data_shape=data_shape)
     return cls()

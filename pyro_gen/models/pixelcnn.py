@@ -40,6 +40,7 @@ from torch.nn import functional as F
 from pyro_gen.errors import ConfigError, DataError
 from pyro_gen.models.checks import check_batch, check_finite, values_already_checked
 from pyro_gen.models.latent import DATA_PLATE
+from pyro_gen.models.likelihoods import Likelihood
 from pyro_gen.nn.pixelcnn import GatedPixelCNN
 
 SAMPLERS = ("fast", "naive")
@@ -354,3 +355,65 @@ def pixelcnn(
 ) -> PixelCNN:
     """A gated PixelCNN model (see :class:`PixelCNN`): ``pixelcnn((1, 28, 28), levels=2, channels=32, layers=5)``."""
     return PixelCNN(data_shape, levels, channels, layers, first_kernel, kernel, head, num_classes)
+
+
+# -- PixelVAE: the likelihood of a latent-variable model ----------------------------------------
+class PixelCNNLikelihood(Likelihood):
+    """An autoregressive observation model ``p(x | z)`` for :class:`~pyro_gen.models.LatentModel`: PixelVAE.
+
+    The decoder's output is a feature map of ``cond_channels`` values per pixel, which conditions a small
+    gated PixelCNN (1x1 projections into every gate, Gulrajani et al. 2017), so ``p(x | z) = prod_i p(x_i |
+    x_<i, z)`` is exact: the ELBO, IWAE and ``evaluate``'s importance-sampled ``log p(x)`` work unchanged.
+    Drawing from the model (``model(batch_size=n)``) samples ``x`` autoregressively given each ``z``.
+    A PixelCNN decoder can model the images without the latents (Chen et al. 2017, "Variational Lossy
+    Autoencoder"); a small receptive field (few ``layers``, a small ``first_kernel``) leaves it the local
+    statistics only, and free bits (``ELBO(free_bits=...)``) keep information in ``z``.
+
+    :param data_shape: ``(1, H, W)``.
+    :param levels: 2 (Bernoulli pixels) or the intensity levels (softmax).
+    :param cond_channels: feature-map channels the decoder outputs per pixel (its output size is
+        ``cond_channels * H * W``; :attr:`params_per_value`).
+    :param channels, layers, first_kernel, kernel, head: the :class:`~pyro_gen.nn.pixelcnn.GatedPixelCNN`'s sizes.
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        levels: int = 2,
+        cond_channels: int = 4,
+        channels: int = 16,
+        layers: int = 2,
+        first_kernel: int = 5,
+        kernel: int = 3,
+        head: int | None = None,
+    ):
+        super().__init__()
+        data_shape = tuple(data_shape)
+        if len(data_shape) != 3 or data_shape[0] != 1:
+            raise ConfigError(
+                f"the pixelcnn likelihood models single-channel images: data_shape must be (1, H, W), got {data_shape}; "
+                "declare the LatentModel with image-shaped data (e.g. (1, 28, 28))"
+            )
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+            raise ConfigError(f"levels must be an integer >= 2 (2: Bernoulli pixels), got {levels!r}")
+        self.data_shape, self.levels = data_shape, levels
+        self.params_per_value = cond_channels  # the decoder's outputs per pixel: the conditioning feature map
+        self.network = GatedPixelCNN(
+            1 if levels == 2 else levels, channels, layers, first_kernel, kernel, head=head, cond_channels=cond_channels
+        )  # fmt: skip
+
+    def validate(self, x: torch.Tensor) -> None:
+        image_levels(x, self.levels)
+
+    def forward(self, params: torch.Tensor, data_ndim: int) -> PixelCNNDistribution:
+        if data_ndim != 3:
+            raise DataError(f"the pixelcnn likelihood scores images (1, H, W), but the model's data have {data_ndim} dimensions")
+        # params: batch + (1, H, W) for one channel, else (C,) + batch + (1, H, W): the feature map batch + (C, H, W)
+        cond = params if self.params_per_value == 1 else params.squeeze(-3).movedim(0, -3)
+        return PixelCNNDistribution(self.network, self.data_shape, self.levels, cond=cond)
+
+    def mean(self, params, data_ndim):
+        raise ConfigError(
+            "the pixelcnn likelihood has no closed-form mean (its pixels depend on each other): draw images instead, "
+            "e.g. poutine.trace(model).get_trace(batch_size=n).nodes['x']['value']"
+        )
