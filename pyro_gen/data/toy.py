@@ -70,3 +70,19 @@ def load(name: str, split: str, n: int | None = None, seed: int = 0) -> ArrayDat
         source="generated",
         seed=seed,
     )
+
+
+def toy_log_density(name: str, x: torch.Tensor) -> torch.Tensor:
+    """The true log-density of a toy dataset at points ``x`` ``(N, 2)``: an equal-weight mixture of isotropic Gaussians.
+
+    ``log p(x) = logsumexp_m [ -log M + log N(x; c_m, std^2 I) ]`` over the ``M`` modes of :func:`toy_modes`,
+    in float64 (the modes are narrow: far from them a float32 log-density would underflow). Used to
+    estimate ``KL(p_true || p_model) = E_p_true[log p_true(x) - log p_model(x)]`` from true samples.
+    """
+    centers, std = toy_modes(name)
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if x.dim() != 2 or x.shape[1] != 2:
+        raise DataError(f"points of {name!r} are 2-D: x must be (N, 2), got shape {tuple(x.shape)}")
+    squared = ((x[:, None, :] - centers.double()[None]) ** 2).sum(-1)
+    log_normal = -squared / (2 * std**2) - 2 * math.log(std) - math.log(2 * math.pi)
+    return torch.logsumexp(log_normal, dim=1) - math.log(len(centers))

@@ -55,6 +55,10 @@ from pyro_gen.families import pixelcnn  # noqa: E402
 
 register_family(pixelcnn.PixelCNNFamily)
 
+from pyro_gen.families import flow  # noqa: E402
+
+register_family(flow.FlowFamily)
+
 __all__ = [
     "AnalyzeOptions",
     "EvalOptions",
