@@ -56,8 +56,11 @@ def density_figure(
     axes[0].scatter(data[:, 0], data[:, 1], s=1, color="white", alpha=0.4, label=f"data ({len(data)})")
     axes[0].set_title(f"log-density (colours span {LOG_DENSITY_RANGE:g} nats), with the data", fontsize=9)
     fig.colorbar(image, ax=axes[0], fraction=0.046, pad=0.04)
-    axes[1].imshow(log_p.exp().numpy(), origin="lower", extent=extent, cmap="magma", aspect="auto")
-    axes[1].set_title("density", fontsize=9)
+    density = log_p.exp()
+    # a narrow mode's peak would make the rest of the density black: the colours saturate at the 99.5th percentile
+    ceiling = float(density.flatten().quantile(0.995))
+    axes[1].imshow(density.numpy(), origin="lower", extent=extent, cmap="magma", vmin=0, vmax=ceiling or None, aspect="auto")
+    axes[1].set_title("density (colours saturate at its 99.5th percentile)", fontsize=9)
     axes[2].scatter(data[:, 0], data[:, 1], s=1, alpha=0.3, color="tab:blue", label=f"data ({len(data)})")
     axes[2].scatter(samples[:, 0], samples[:, 1], s=1, alpha=0.3, color="tab:orange", label=f"samples ({len(samples)})")
     axes[2].set_xlim(extent[0], extent[1]), axes[2].set_ylim(extent[2], extent[3])
