@@ -24,6 +24,8 @@ from pyro_gen.families.base import Family, Scores, check_finite_weights, epochs_
 from pyro_gen.rng import seeded
 from pyro_gen.run.data import count_parameters, fixed_test_data
 
+#: The largest network (weights) a config may ask for: a typo in a size must not try to allocate the machine.
+MAX_PARAMETERS = 10**9
 #: Test images scored per forward pass (memory, not the result, depends on it).
 SCORE_BATCH = 500
 
@@ -102,6 +104,15 @@ class PixelCNNFamily(Family):
                 raise ConfigError(f"model.{key} must be odd (the kernel is centred on the pixel), got {getattr(m, key)}")
         if m.first_kernel < 3:
             raise ConfigError(f"model.first_kernel must be at least 3 (its mask A excludes the centre), got {m.first_kernel}")
+        # each layer holds about (kernel * (kernel // 2 + 1) + kernel // 2 + 1 + 4) * 2 C^2 + C^2 weights: refuse a
+        # network that could not be allocated before trying (each size alone is within its bounds)
+        k = m.kernel
+        estimate = m.layers * ((k * (k // 2 + 1) + k // 2 + 1 + 4) * 2 + 1) * m.channels**2
+        if estimate > MAX_PARAMETERS:
+            raise ConfigError(
+                f"model.channels {m.channels} and model.layers {m.layers} (kernel {k}) make a network of about {estimate:.2g} "
+                f"weights, above the {MAX_PARAMETERS:.0e} this family builds: lower model.channels or model.layers"
+            )
 
     def levels(self, config) -> int:
         """The intensity levels of the configured data: 2 (binary, also after binarization) or the dataset's."""

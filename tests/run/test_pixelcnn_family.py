@@ -17,9 +17,11 @@ from cli_support import assert_png, fails, run_cli
 from test_run_reliability import history, paused, succeeds, temporaries
 
 from pyro_gen.config import from_dict
+from pyro_gen.errors import ConfigError
 from pyro_gen.families import get_family
 from pyro_gen.infer.trainer import load_checkpoint
 from pyro_gen.models.pixelcnn import pixelcnn
+from pyro_gen.run import sample_run, train
 from pyro_gen.run.data import load_splits
 
 
@@ -92,3 +94,22 @@ def test_kill_9_mid_training_then_resume_ends_identical_to_an_uninterrupted_run(
     assert ours.pop("seconds_per_epoch") is not None and theirs.pop("seconds_per_epoch") is not None
     assert ours == theirs
     assert temporaries(run) == []
+
+
+def test_a_class_conditional_run_reads_the_labels(tmp_path):
+    config = copy.deepcopy(get_family("pixelcnn").example)
+    config["model"]["conditional"] = True
+    config["eval"] = {"images": False}
+    scores = train(from_dict(config), tmp_path / "run")
+    assert "conditional on 10 classes" in scores["model"]
+    # the label embedding starts at zero: it moved only if the trainer gave the model the labels
+    weights = load_checkpoint(tmp_path / "run" / "last.pt")["model"]["network.label_embedding.weight"]
+    assert weights.abs().sum() > 0
+    assert sample_run(tmp_path / "run", num=10)[0].exists()
+
+
+def test_a_network_too_large_to_allocate_is_refused_before_anything_is_built(tmp_path):
+    config = from_dict({"data": {"name": "digits"}, "model": {"kind": "pixelcnn", "channels": 4096, "layers": 1000}})
+    with pytest.raises(ConfigError, match="make a network of about 4.2e\\+11 weights"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
