@@ -190,6 +190,8 @@ def log_likelihood(
         stream from ``seed`` over the blocks in order (the single-process numbers of every earlier release).
     """
     _check_inputs(model, x, num_samples, chunk_size)
+    if getattr(model, "enumerated_latents", None):
+        return _model_enumerated(model, guide, x, num_samples, chunk_size, seed)
     if getattr(model, "discrete_latents", None):
         return _enumerated(model, guide, x, num_samples, chunk_size, seed)
     if getattr(model, "num_classes", None):
@@ -267,6 +269,47 @@ def log_likelihood(
     if block_seeds:
         protocol["draw_seeding"] = "per block of datapoints, from (seed, the block's first datapoint): the same for any number of ranks"
     return LikelihoodResult(*(t.cpu() for t in out), num_samples, chunk_size, protocol)
+
+
+def _model_enumerated(model, guide, x, num_samples: int, chunk_size: int, seed) -> LikelihoodResult:
+    """``log p(x)`` of a model that enumerates its discrete latents (``enumerate='parallel'``): each importance
+    weight has them summed out exactly (:func:`~pyro_gen.infer.enumerate.model_enumerated_terms`).
+
+    The ELBO is the mean log-weight over the same K draws; reconstruction and KL are not separated (NaN).
+    """
+    from pyro_gen.infer.enumerate import model_enumerated_terms
+
+    device = _device(model)
+    names = [lat.name for lat in model.enumerated_latents]
+    # how many joint values the enumeration spans, to size the chunks: a fixed prior says; a callable one
+    # (read from its parents) is assumed to take 16
+    values = math.prod(
+        lat.prior.enumerate_support().shape[0] if isinstance(lat.prior, torch.distributions.Distribution) else 16
+        for lat in model.enumerated_latents
+    )
+    chunk = max(1, min(num_samples, chunk_size // (values * len(x))))
+    log_sum, weight_sum = None, None
+    with _drawing(device, seed):
+        xd = x.to(device)
+        for start in range(0, num_samples, chunk):
+            lw = model_enumerated_terms(model, guide, xd, min(chunk, num_samples - start)).log_weight
+            part = lw.logsumexp(0)
+            log_sum = part if log_sum is None else torch.logaddexp(log_sum, part)
+            weight_sum = lw.sum(0) if weight_sum is None else weight_sum + lw.sum(0)
+    log_px, elbo = log_sum - math.log(num_samples), weight_sum / num_samples
+    nan = torch.full_like(log_px, math.nan)
+    protocol = {
+        "estimator": (
+            f"log (1/K) sum_k sum_y p(x, y, z_k) / q(z_k | x): the enumerated latents {names} summed exactly in each weight, "
+            f"K={num_samples} draws of the others"
+        ),
+        "num_samples": num_samples,
+        "seed": seed,
+        "datapoints": len(x),
+        "kl_and_reconstruction": "not separated for a model with enumerated discrete latents (NaN)",
+        "threads": torch.get_num_threads(),
+    }
+    return LikelihoodResult(log_px.cpu(), elbo.cpu(), nan.cpu(), nan.cpu(), log_px.new_zeros((len(x), 0)).cpu(), num_samples, chunk_size, protocol)
 
 
 def _enumerated(model, guide, x, num_samples: int, chunk_size: int, seed) -> LikelihoodResult:

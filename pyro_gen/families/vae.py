@@ -35,7 +35,11 @@ LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "laplace", "pois
 
 @dataclass
 class VAEModelConfig:
-    """``model`` of a VAE: latent size, MLP / conv networks, the likelihood (``null``: chosen from the dataset)."""
+    """``model`` of a VAE: latent size, MLP / conv networks, the likelihood (``null``: chosen from the dataset).
+
+    ``prior``: ``standard``, ``learned``, ``mog:K`` or ``vamp:K`` (of the top latent); ``top_latent_dim``: a
+    second latent level ``z2`` of that size above ``z`` (a two-level hierarchical VAE, site names ``z2``, ``z1``).
+    """
 
     kind: str = "vae"
     latent_dim: int = size(40, high=100_000)
@@ -43,6 +47,8 @@ class VAEModelConfig:
     net: str = setting("mlp", choices=("mlp", "conv"))
     likelihood: str | None = setting(None, choices=(None, *LIKELIHOODS))
     likelihood_scale: float | str = "learned"
+    prior: str = "standard"
+    top_latent_dim: int | None = size(None, high=100_000)
 
 
 @dataclass
@@ -148,6 +154,12 @@ class VAEFamily(Family):
         from pyro_gen.guides import parse_guide_name
 
         parse_guide_name(config.guide.name)
+        from pyro_gen.models.priors import make_prior
+
+        try:
+            make_prior(config.model.prior, 1, (1,))
+        except ConfigError as e:
+            raise ConfigError(f"model.prior: {e}") from None
         scale = config.model.likelihood_scale
         if isinstance(scale, str) and scale not in ("learned", "decoder"):
             raise ConfigError(f"model.likelihood_scale is {scale!r}; choose a positive number, 'learned' or 'decoder'")
@@ -191,7 +203,7 @@ class VAEFamily(Family):
 
         m = config.model
         likelihood = m.likelihood or resolve_likelihood(config)[0]
-        model = vae(data_shape, m.latent_dim, m.hidden, m.net, likelihood, m.likelihood_scale)
+        model = vae(data_shape, m.latent_dim, m.hidden, m.net, likelihood, m.likelihood_scale, m.prior, m.top_latent_dim)
         hidden = config.guide.hidden or m.hidden
         guide = make_guide(config.guide.name, model, hidden=hidden, net=m.net, global_guide=config.guide.global_guide)
         return model, guide

@@ -128,7 +128,7 @@ class AmortizedGuide(nn.Module):
             context_dim = context_dim_of(encoder, self.discrete[0])
         self.discrete_heads = nn.ModuleList([nn.Linear(context_dim, lat.num_values) for lat in self.discrete])
         self.families = nn.ModuleList(families)
-        self.local_latents = [lat for lat in model.local_latents if not getattr(lat, "is_discrete", False)]
+        self.local_latents = [lat for lat in model.local_latents if getattr(lat, "guided", True)]
         # a conditional model's labels are read like an observed discrete latent (one-hot)
         self.num_classes = getattr(model, "num_classes", None)
         self.data_shape = tuple(model.data_shape)
@@ -139,7 +139,14 @@ class AmortizedGuide(nn.Module):
         local_index = {lat.name: i for i, lat in enumerate(self.local_latents)}
         event_ndim = {lat.name: len(lat.shape) for lat in model.latents}
         self._discrete_names = {lat.name for lat in self.discrete}
-        self._parents = [[(local_index.get(p), p, event_ndim[p]) for p in lat.parents] for lat in self.local_latents]
+        # a parent that the model enumerates has no value in the guide: q reads x (and the other parents) only,
+        # which is still a valid (if looser) bound, since q(z | x) need not depend on everything p(z | ...) does
+        enumerated = {lat.name for lat in model.latents if getattr(lat, "enumerated", False)}
+        self._parents = [
+            # the labels (a parent "y" of a conditional model's prior) are read one-hot like every family reads them
+            [(local_index.get(p), p, event_ndim[p]) for p in lat.parents if p not in enumerated and p in event_ndim]
+            for lat in self.local_latents
+        ]
         # the plate is the model's; keep a reference to the bound method, not the model
         self._data_plate = model.data_plate
         self.global_guide = None

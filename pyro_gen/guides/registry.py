@@ -99,14 +99,15 @@ def make_guide(
         raise ConfigError("give context_dim (the encoder's output size) together with a custom encoder")
     sizes = {lat.name: lat.size for lat in model.latents}
     discrete = [lat for lat in model.latents if getattr(lat, "is_discrete", False)]
-    continuous = [lat for lat in model.local_latents if not getattr(lat, "is_discrete", False)]
+    continuous = [lat for lat in model.local_latents if getattr(lat, "guided", True)]
     supports = latent_supports(model)
     families = []
     for lat, support in zip(continuous, supports):
         kind, layers = kinds[lat.name]
         dim = math.prod(unconstrained_shape(support, lat.shape)) if support is not constraints.real else lat.size
         # every continuous family reads the discrete latent (one-hot: q(z | x, y), as in M2) and its other parents
-        parents = sum(d.num_values for d in discrete) + sum(sizes[p] for p in lat.parents if p not in {d.name for d in discrete})
+        skipped = {d.name for d in discrete} | {m.name for m in model.latents if getattr(m, "enumerated", False)}
+        parents = sum(d.num_values for d in discrete) + sum(sizes[p] for p in lat.parents if p not in skipped and p in sizes)
         parents += getattr(model, "num_classes", None) or 0
         families.append(make_family(kind, context_dim + parents, dim, layers, flow_lr_scale))
     label = name if isinstance(name, str) else ",".join(f"{k}={v}" for k, v in name.items())
@@ -117,7 +118,7 @@ def make_guide(
 
 def _kinds_per_latent(name, model) -> dict:
     """``{latent name: (kind, layers)}`` for every local latent, from one name or a dict of names."""
-    local = [lat.name for lat in model.local_latents if not getattr(lat, "is_discrete", False)]
+    local = [lat.name for lat in model.local_latents if getattr(lat, "guided", True)]
     if isinstance(name, dict):
         unknown = sorted(set(name) - set(local))
         missing = [n for n in local if n not in name]
@@ -140,8 +141,8 @@ def latent_supports(model) -> list:
 
     supports, traced = [], None
     for lat in model.local_latents:
-        if getattr(lat, "is_discrete", False):
-            continue  # summed out by enumeration: no continuous guide
+        if not getattr(lat, "guided", True):
+            continue  # summed out by enumeration (in the objective or the model): no continuous guide
         prior = lat.prior
         if prior is None:
             supports.append(constraints.real)
@@ -154,9 +155,10 @@ def latent_supports(model) -> list:
                 from pyro_gen.rng import seeded
 
                 with seeded(0), torch.no_grad():
-                    traced = poutine.trace(model).get_trace(batch_size=1)
+                    labels = torch.zeros(1, dtype=torch.long) if getattr(model, "num_classes", None) else None
+                    traced = poutine.trace(model).get_trace(batch_size=1, y=labels)
             supports.append(traced.nodes[lat.name]["fn"].support)
-    for lat, support in zip([lat for lat in model.local_latents if not getattr(lat, "is_discrete", False)], supports):
+    for lat, support in zip([lat for lat in model.local_latents if getattr(lat, "guided", True)], supports):
         if support.is_discrete:
             raise ConfigError(f"latent {lat.name!r} has a discrete support: a continuous guide cannot be put on it")
     return supports

@@ -20,10 +20,23 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from pyro_gen.errors import ConfigError, DataError
-from pyro_gen.infer.traces import get_traces, trace_terms
+from pyro_gen.infer.traces import (
+    DATA_PLATE,
+    PARTICLE_PLATE,
+    TraceTerms,
+    auxiliary_sites,
+    get_traces,
+    plate_full_size,
+    plate_nesting,
+    reduce_site,
+    trace_terms,
+)
 
 
 def has_discrete(model) -> bool:
@@ -97,3 +110,90 @@ def enumerated_log_likelihood(model, guide, x, num_samples: int = 1000, chunk: i
             parts.append(enumerated_log_weights(model, guide, x, min(chunk, num_samples - start)))
     lw = torch.cat(parts, 0)  # (S, B, K)
     return (lw.logsumexp(0) - math.log(num_samples)).logsumexp(-1)
+
+
+# -- discrete latents the model itself enumerates (Latent(..., enumerate="parallel")) ---------------------------
+
+
+def _data_frame(site):
+    return next(f for f in site["cond_indep_stack"] if f.name == DATA_PLATE)
+
+
+def has_model_enumerated(model) -> bool:
+    return bool(getattr(model, "enumerated_latents", None))
+
+
+def model_enumerated_terms(model, guide, x, num_particles: int = 1, **kwargs) -> TraceTerms:
+    """:class:`~pyro_gen.infer.traces.TraceTerms` of a model whose discrete latents it enumerates, summed out exactly.
+
+    The guide samples the continuous latents (in a ``"particles"`` plate); the model runs replayed on
+    them under Pyro's :class:`~pyro.poutine.enum_messenger.EnumMessenger`, so each enumerated site
+    takes all its values along its own dimension left of the particles. Every local factor that
+    carries such a dimension (the discrete sites, the observation, a continuous latent whose prior
+    reads a discrete one) is added up and log-sum-exp'ed over those dimensions per particle and
+    datapoint: ``log sum_y p(y, x, z | ...)``, the joint with ``y`` summed out, exact. The result
+    stands in ``log_likelihood`` (prior terms of continuous latents that do not read ``y`` stay in
+    ``log_prior_local``), so ``log_weight`` is ``log p(x, z) - log q(z | x)`` with ``p(x, z) = sum_y p(x, y, z)``.
+    Several enumerated latents, one reading another, are summed jointly (their values' product).
+    """
+    nesting = plate_nesting(model)
+    particles = pyro.plate(PARTICLE_PLATE, num_particles, dim=-(nesting + 1))
+    guide_trace = poutine.trace(particles(guide)).get_trace(x, **kwargs)
+    enumerated = poutine.enum(poutine.replay(particles(model), trace=guide_trace), first_available_dim=-(nesting + 2))
+    model_trace = poutine.trace(enumerated).get_trace(x, **kwargs)
+    kept = nesting + 1  # the particle and data dims; dims left of them are enumeration dims
+    joint, lik, prior_l, q_l, prior_g, q_g = None, [], [], [], [], []
+    batch_size = data_size = None
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        log_prob = site["fn"].log_prob(site["value"])
+        if site["mask"] is not None:
+            log_prob = log_prob * site["mask"]
+        enumerated_site = site["infer"].get("_enumerate_dim") is not None
+        if enumerated_site or (log_prob.dim() > kept and math.prod(log_prob.shape[:-kept]) > 1):
+            # a factor of the enumerated values: (E..., P, B), kept apart until they are summed out
+            joint = log_prob if joint is None else joint + log_prob
+            if enumerated_site or site["is_observed"]:
+                continue
+            local = True  # only local sites can read an enumerated (local) latent
+        else:
+            if log_prob.dim() > kept:
+                log_prob = log_prob.reshape(log_prob.shape[-kept:])
+            value, local = reduce_site(site, log_prob)
+            if local and batch_size is None:
+                batch_size, data_size = value.shape[-1], plate_full_size(_data_frame(site))
+            if site["is_observed"]:
+                (lik if local else prior_g).append(value)
+                continue
+            (prior_l if local else prior_g).append(value)
+        gsite = guide_trace.nodes.get(name)
+        if gsite is None:
+            raise ConfigError(f"the model's latent site {name!r} is not sampled by the guide")
+        q_value, _ = reduce_site(gsite, gsite["fn"].log_prob(gsite["value"]))
+        (q_l if local else q_g).append(q_value)
+    for name in auxiliary_sites(guide_trace):
+        gsite = guide_trace.nodes[name]
+        q_value, local = reduce_site(gsite, gsite["fn"].log_prob(gsite["value"]))
+        (q_l if local else q_g).append(q_value)
+    if joint is None:
+        raise ConfigError("the model enumerates no site with more than one value: nothing to sum out")
+    summed = joint.reshape((-1,) + joint.shape[-kept:]).logsumexp(0)
+    summed = summed.expand(num_particles, summed.shape[-1])
+    if batch_size is None:
+        batch_size, data_size = summed.shape[-1], summed.shape[-1]
+    log_lik = sum(lik, summed)
+
+    def total(terms, like):
+        return sum(terms[1:], terms[0]) if terms else torch.zeros_like(like)
+
+    zero_global = log_lik.new_zeros(num_particles)
+    return TraceTerms(
+        log_likelihood=log_lik,
+        log_prior_local=total(prior_l, log_lik),
+        log_q_local=total(q_l, log_lik),
+        log_prior_global=total(prior_g, zero_global),
+        log_q_global=total(q_g, zero_global),
+        batch_size=batch_size,
+        data_size=data_size,
+    )

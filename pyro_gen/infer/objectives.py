@@ -89,8 +89,11 @@ class TraceObjective:
         return self.loss_fn(model_trace, guide_trace)
 
     def __call__(self, model, guide, x, **kwargs) -> torch.Tensor:
-        from pyro_gen.infer.enumerate import has_discrete
+        from pyro_gen.infer.enumerate import has_discrete, has_model_enumerated
 
+        if has_model_enumerated(model):
+            data_size = kwargs.pop("data_size", None) or len(x)
+            return self.model_enumerated_loss(model, guide, x, data_size, **kwargs)
         if has_discrete(model):
             labels, data_size = kwargs.pop("y", None), kwargs.pop("data_size", None)
             if kwargs:
@@ -104,6 +107,13 @@ class TraceObjective:
         raise ConfigError(
             f"{type(self).__name__} cannot sum out the discrete latent {model.discrete_latents[0].name!r}; use the "
             "'elbo' or 'iwae' objective, which enumerate its values"
+        )
+
+    def model_enumerated_loss(self, model, guide, x, data_size: int, **kwargs) -> torch.Tensor:
+        """The loss of a model that enumerates its discrete latents itself (``Latent(..., enumerate='parallel')``)."""
+        raise ConfigError(
+            f"{type(self).__name__} cannot sum out the model's enumerated latents {[lat.name for lat in model.enumerated_latents]}; "
+            "use the 'elbo' or 'iwae' objective, or Pyro's TraceEnum_ELBO (pyro_gen.infer.gmm_fit.enum_objective(model))"
         )
 
     def validation_loss(self, model, guide, x, **kwargs) -> torch.Tensor:
@@ -203,7 +213,8 @@ def _per_datapoint(local, global_, batch_size: int, data_size: int, like: torch.
     """
     parts = []
     if local is not None:
-        parts.append(local.sum(-1).mean(0) / batch_size)
+        # the mean over particles and the sum over the batch in one reduction: sum / (P * B)
+        parts.append(local.sum() / (local.shape[0] * batch_size))
     if global_ is not None:
         parts.append(global_.mean(0) / data_size)
     return _total(parts) if parts else like.new_zeros(())
@@ -310,11 +321,13 @@ class ELBO(TraceObjective):
         rec_pd = _per_datapoint(recon, None, batch_size, data_size, recon)
         kl_pd = _per_datapoint(_total(kl_l), _total(kl_g), batch_size, data_size, recon)
         beta = self.beta_now
-        loss = -(rec_pd - beta * kl_pd)
+        # beta = 1 (the plain ELBO) costs no multiplication: each tensor op of the loss runs twice a step (forward, backward)
+        loss = kl_pd - rec_pd if beta == 1.0 else beta * kl_pd - rec_pd
         if penalties:
             # the clamp replaces KL by max(KL, lam): add the difference, weighted like the KL
             loss = loss + beta * sum(penalties)
-        self.last_metrics = {"elbo": (rec_pd - kl_pd).detach(), "reconstruction": rec_pd.detach(), "kl": kl_pd.detach()}
+        rec_pd, kl_pd = rec_pd.detach(), kl_pd.detach()
+        self.last_metrics = {"elbo": rec_pd - kl_pd, "reconstruction": rec_pd, "kl": kl_pd}
         return loss
 
     def enumerated_loss(self, model, guide, x, labels, data_size: int) -> torch.Tensor:
@@ -340,6 +353,21 @@ class ELBO(TraceObjective):
             loss = loss - self.classification_weight * classification
         return loss
 
+    def model_enumerated_loss(self, model, guide, x, data_size: int, **kwargs) -> torch.Tensor:
+        """The ELBO with the model's enumerated latents summed out exactly (Monte Carlo in the continuous ones:
+        a continuous latent whose prior reads a discrete one has no separate KL)."""
+        from pyro_gen.infer.enumerate import model_enumerated_terms
+
+        if self.beta != 1.0 or self.free_bits or self.warmup_epochs:
+            raise ConfigError(
+                "beta, warmup_epochs and free_bits weigh the KL term, which a model with enumerated discrete latents "
+                "does not separate: leave them at their defaults for such a model"
+            )
+        t = model_enumerated_terms(model, guide, x, self.num_particles, data_size=data_size, **kwargs)
+        bound = t.log_weight.mean(0).sum() / t.batch_size + (t.log_prior_global - t.log_q_global).mean() / data_size
+        self.last_metrics = {"elbo": bound.detach()}
+        return -bound
+
     def validation_loss(self, model, guide, x, **kwargs) -> torch.Tensor:
         """The negative ELBO per datapoint with beta = 1 and no free bits, whatever the schedule says."""
         self(model, guide, x, **kwargs)
@@ -363,6 +391,16 @@ class IWAE(TraceObjective):
         glob = t.log_prior_global - t.log_q_global
         bound = bound_local.sum() / t.batch_size + glob.mean() / t.data_size
         self.last_metrics = {"iwae_bound": bound.detach(), "elbo": t.log_weight.mean(0).sum().detach() / t.batch_size}
+        return -bound
+
+    def model_enumerated_loss(self, model, guide, x, data_size: int, **kwargs) -> torch.Tensor:
+        """The importance-weighted bound with the model's enumerated latents summed out exactly in each weight."""
+        from pyro_gen.infer.enumerate import model_enumerated_terms
+
+        t = model_enumerated_terms(model, guide, x, self.num_particles, data_size=data_size, **kwargs)
+        bound_local = torch.logsumexp(t.log_weight, dim=0) - math.log(t.log_weight.shape[0])
+        bound = bound_local.sum() / t.batch_size + (t.log_prior_global - t.log_q_global).mean() / data_size
+        self.last_metrics = {"iwae_bound": bound.detach()}
         return -bound
 
     def enumerated_loss(self, model, guide, x, labels, data_size: int) -> torch.Tensor:

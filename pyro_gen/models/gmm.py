@@ -36,9 +36,9 @@ References:
   extended onion method, J. Multivariate Analysis 100, 2009 (the LKJ prior).
 """
 
+import functools
 import math
 
-import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
@@ -46,10 +46,10 @@ from pyro.distributions import constraints
 from pyro.distributions.transforms import OrderedTransform
 from pyro.infer import infer_discrete
 from pyro.ops.indexing import Vindex
-from torch import nn
 
 from pyro_gen.errors import ConfigError, DataError
 from pyro_gen.models.checks import check_data_tensor
+from pyro_gen.models.latent import Latent, LatentModel
 
 DATA_PLATE = "data"
 COVARIANCES = ("diag", "full")
@@ -124,8 +124,13 @@ class OrderedRowsNormal(dist.TorchDistribution):
         return self._iid.log_prob(value).sum((-1, -2)) + math.lgamma(num_rows + 1)
 
 
-class GaussianMixture(nn.Module):
-    """A ``K``-component Gaussian mixture in ``D`` dimensions as a Pyro program (see the module docstring).
+class GaussianMixture(LatentModel):
+    """A ``K``-component Gaussian mixture in ``D`` dimensions, declared in the model language (see the module docstring).
+
+    It is a :class:`~pyro_gen.models.latent.LatentModel`: global latents ``weights``, ``locs``, ``scales``
+    (and ``corr_chol``), the local ``assignment`` declared with ``enumerate="parallel"`` and a prior that
+    reads its parent ``weights``, and a decoder that returns the component its assignment picks (no
+    separate likelihood). The declaration is the whole program; the methods below use fitted parameters.
 
     ``model(x)`` scores data ``(N, D)``; ``model(batch_size=n)`` generates ``n`` points;
     ``data_size`` (the full dataset size) scales the data plate when ``x`` is a minibatch.
@@ -162,7 +167,6 @@ class GaussianMixture(nn.Module):
         scale_scale: float = 2.0,
         correlation_concentration: float = 1.0,
     ):
-        super().__init__()
         if int(num_components) != num_components or num_components < 1:
             raise ConfigError(f"num_components must be a positive integer, got {num_components!r}")
         if int(dim) != dim or dim < 1:
@@ -179,7 +183,19 @@ class GaussianMixture(nn.Module):
         ]:
             if not value > 0:
                 raise ConfigError(f"{name} must be positive, got {value!r}")
-        self.num_components, self.dim = int(num_components), int(dim)
+        num_components, dim = int(num_components), int(dim)
+        # the priors and the decoder are bound methods: they read the hyperparameter buffers below, which
+        # .to(device) moves, and a deep copy of the model rebinds them to the copy
+        latents = [
+            Latent("weights", shape=(num_components,), prior=functools.partial(self._global_prior, "weights"), local=False),
+            Latent("locs", shape=(num_components, dim), prior=functools.partial(self._global_prior, "locs"), local=False),
+            Latent("scales", shape=(num_components, dim), prior=functools.partial(self._global_prior, "scales"), local=False),
+        ]
+        if covariance == "full":
+            latents.append(Latent("corr_chol", shape=(num_components, dim, dim), prior=functools.partial(self._global_prior, "corr_chol"), local=False))
+        latents.append(Latent("assignment", prior=self._assignment_prior, parents=("weights",), enumerate="parallel"))
+        super().__init__(latents, decoder=self._component_of, likelihood=None, data_shape=(dim,))
+        self.num_components, self.dim = num_components, dim
         self.covariance, self.ordered = covariance, bool(ordered)
         # hyperparameters live in buffers so that .to(device) moves the priors with the model
         self.register_buffer("weight_concentration", torch.full((self.num_components,), float(weight_concentration)))
@@ -214,7 +230,7 @@ class GaussianMixture(nn.Module):
             del dims["corr_chol"]
         return dims
 
-    def priors(self) -> dict:
+    def global_priors(self) -> dict:
         """The prior of each global site, as distributions over the whole site."""
         K, D = self.num_components, self.dim
         if self.ordered:
@@ -229,6 +245,17 @@ class GaussianMixture(nn.Module):
         if self.covariance == "full":
             priors["corr_chol"] = dist.LKJCholesky(D, self.correlation_concentration).expand([K]).to_event(1)
         return priors
+
+    def _global_prior(self, name: str) -> dist.TorchDistribution:
+        return self.global_priors()[name]
+
+    def _assignment_prior(self, weights: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Categorical(weights)
+
+    def _component_of(self, *values) -> dist.TorchDistribution:
+        """The decoder: the component picked by the (enumerated) assignment, from the global values."""
+        *globals_, assignment = values
+        return self.component(dict(zip(self.global_sites, globals_)), assignment)
 
     # -- checks ----------------------------------------------------------------------
     def check_data(self, x) -> None:
@@ -266,12 +293,6 @@ class GaussianMixture(nn.Module):
                 )
 
     # -- the program -----------------------------------------------------------------
-    def data_plate(self, batch_size: int, data_size: int | None = None) -> pyro.plate:
-        """The plate over datapoints (dim -1); subsampled when ``data_size`` exceeds ``batch_size``."""
-        if data_size is None or data_size == batch_size:
-            return pyro.plate(DATA_PLATE, batch_size, dim=-1)
-        return pyro.plate(DATA_PLATE, data_size, subsample=torch.arange(batch_size, device=self.loc_loc.device), dim=-1)
-
     def component(self, params: dict, index=None) -> dist.TorchDistribution:
         """The component distributions: batch ``(..., K)`` and event ``(D,)``, or the ones picked by ``index``.
 
@@ -285,17 +306,6 @@ class GaussianMixture(nn.Module):
         if self.covariance == "diag":
             return dist.Normal(pick["locs"], pick["scales"]).to_event(1)
         return dist.MultivariateNormal(pick["locs"], scale_tril=pick["scales"].unsqueeze(-1) * pick["corr_chol"])
-
-    def forward(self, x: torch.Tensor | None = None, *, batch_size: int | None = None, data_size: int | None = None):
-        if x is not None:
-            self.check_data(x)
-            batch_size = x.shape[0]
-        elif batch_size is None:
-            raise ValueError("call the model with data x of shape (N, D), or with batch_size=n to generate n points")
-        params = {name: pyro.sample(name, prior) for name, prior in self.priors().items()}
-        with self.data_plate(batch_size, data_size):
-            assignment = pyro.sample("assignment", dist.Categorical(params["weights"]), infer={"enumerate": "parallel"})
-            return pyro.sample("x", self.component(params, assignment), obs=x)
 
     # -- using fitted parameters ---------------------------------------------------------
     def joint_log_prob(self, x: torch.Tensor, params: dict) -> torch.Tensor:

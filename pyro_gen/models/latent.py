@@ -42,10 +42,12 @@ import torch
 from torch import nn
 
 from pyro_gen.errors import ConfigError, DataError
-from pyro_gen.models.checks import check_batch, check_data_tensor, values_already_checked
+from pyro_gen.models.checks import check_batch, check_data_tensor, check_finite, values_already_checked
 from pyro_gen.models.likelihoods import Likelihood
 
 DATA_PLATE = "data"
+#: The parent name by which a latent's prior reads the class labels of a conditional model (``num_classes``).
+LABELS = "y"
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,8 +62,17 @@ class Latent:
         distribution (a learned or conditional prior, :mod:`pyro_gen.models.priors`); default a
         standard Normal. A module prior is part of the model: registered, trained, checkpointed.
     :param tuple parents: names of latents declared before this one that its prior reads, in the
-        order it takes them (a hierarchy: ``Latent("z1", prior=GaussianPrior(16, 32), parents=("z2",))``).
+        order it takes them (a hierarchy: ``Latent("z1", prior=GaussianPrior(16, 32), parents=("z2",))``);
+        in a model conditioned on labels (``num_classes``), ``"y"`` names the labels (integers, one per
+        datapoint): a prior ``p(z | y)`` of a conditional VAE.
     :param bool local: one draw per datapoint (inside the data plate) or one global draw.
+    :param enumerate: ``"parallel"`` marks a local discrete latent that the *model* sums out with
+        Pyro's enumeration (``infer={"enumerate": "parallel"}``): it has no guide site; the ``elbo`` and
+        ``iwae`` objectives and ``evaluate`` sum it out exactly in each importance weight, as do Pyro's
+        ``TraceEnum_ELBO`` (:func:`pyro_gen.infer.gmm_fit.enum_objective`) and NUTS. Its prior may
+        read parents, global or discrete (a mixture's assignment reads the mixture weights), and a
+        model may hold several. Without it, a fixed ``Categorical`` prior declares a discrete latent
+        summed out with an amortized ``q(y | x)`` (:mod:`pyro_gen.infer.enumerate`, M2).
     """
 
     name: str
@@ -69,6 +80,7 @@ class Latent:
     prior: object = None
     local: bool = True
     parents: tuple = ()
+    enumerate: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(self.shape))
@@ -76,6 +88,9 @@ class Latent:
         object.__setattr__(self, "parents", parents)
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"a latent needs a non-empty string name, got {self.name!r}")
+        if self.enumerate is not None:
+            self._check_enumerated()
+            return
         if self.prior is None or isinstance(self.prior, torch.distributions.Distribution):
             if parents:
                 raise ConfigError(
@@ -89,6 +104,22 @@ class Latent:
                 f"prior of latent {self.name!r} must be a distribution or a module / callable returning one, got {type(self.prior).__name__}"
             )
 
+    def _check_enumerated(self) -> None:
+        where = f"enumerated latent {self.name!r}"
+        if self.enumerate != "parallel":
+            raise ConfigError(f"{where}: enumerate must be 'parallel' (Pyro's vectorized enumeration), got {self.enumerate!r}")
+        if not self.local or self.shape != ():
+            raise ConfigError(f"{where} must be local with shape () (one discrete value per datapoint), got local={self.local}, shape={self.shape}")
+        if self.prior is None:
+            raise ConfigError(f"{where} needs a discrete prior, e.g. dist.Categorical(...) or a callable of its parents returning one")
+        if isinstance(self.prior, torch.distributions.Distribution):
+            if self.parents:
+                raise ConfigError(f"{where} names parents {self.parents} but its prior is a fixed distribution: give a callable of them")
+            if not self.prior.support.is_discrete or not getattr(self.prior, "has_enumerate_support", False):
+                raise ConfigError(f"{where} needs a prior with finite discrete support (Categorical, Bernoulli), got {type(self.prior).__name__}")
+        elif not callable(self.prior):
+            raise ConfigError(f"prior of latent {self.name!r} must be a distribution or a callable returning one, got {type(self.prior).__name__}")
+
     def _check_fixed_prior(self) -> None:
         from pyro_gen.models.priors import parameter_tensors
 
@@ -101,16 +132,26 @@ class Latent:
         if self.prior.support.is_discrete:
             if not isinstance(self.prior, torch.distributions.Categorical) or self.shape != () or not self.local or self.parents:
                 raise ConfigError(
-                    f"latent {self.name!r} has a discrete prior ({type(self.prior).__name__}): a discrete latent is summed out "
-                    "by enumeration, which supports a local Categorical latent of shape () without parents (e.g. "
-                    "Latent('y', prior=dist.Categorical(logits=torch.zeros(10)))); a continuous guide on any other discrete "
-                    "site would give a wrong bound"
+                    f"latent {self.name!r} has a discrete prior ({type(self.prior).__name__}): declare it with "
+                    "enumerate='parallel' to sum it out in the model (Pyro's enumeration), or as a local Categorical latent of "
+                    "shape () without parents, summed out with an amortized q(y | x) (e.g. Latent('y', prior=dist.Categorical("
+                    "logits=torch.zeros(10)))); a continuous guide on a discrete site would give a wrong bound"
                 )
 
     @property
     def is_discrete(self) -> bool:
-        """A discrete (enumerated) latent: its prior is a Categorical."""
-        return isinstance(self.prior, torch.distributions.Categorical)
+        """A discrete latent summed out with an amortized ``q(y | x)``: a fixed Categorical prior, not model-enumerated."""
+        return self.enumerate is None and isinstance(self.prior, torch.distributions.Categorical)
+
+    @property
+    def enumerated(self) -> bool:
+        """A discrete latent the model sums out with Pyro's enumeration (no guide site)."""
+        return self.enumerate is not None
+
+    @property
+    def guided(self) -> bool:
+        """A continuous latent: the guide samples it (neither summed out by the model nor by an amortized ``q(y | x)``)."""
+        return self.enumerate is None and not self.is_discrete
 
     @property
     def num_values(self) -> int:
@@ -143,10 +184,11 @@ def as_latent_distribution(lat: Latent, d) -> dist.Distribution:
     """``d`` with event shape ``lat.shape``: its rightmost batch dims become event dims (checked)."""
     if not isinstance(d, torch.distributions.Distribution):
         raise ConfigError(f"the prior of latent {lat.name!r} returned {type(d).__name__}, not a distribution")
-    if d.support.is_discrete and not lat.is_discrete:
+    if d.support.is_discrete and not (lat.is_discrete or lat.enumerated):
         raise ConfigError(
-            f"the prior of latent {lat.name!r} is discrete ({type(d).__name__}): declare a discrete latent with a fixed "
-            "Categorical prior (it is then summed out by enumeration); a continuous guide on a discrete site would give a wrong bound"
+            f"the prior of latent {lat.name!r} is discrete ({type(d).__name__}): declare Latent(..., enumerate='parallel') to sum it "
+            "out in the model, or give a fixed Categorical prior (summed out with an amortized q(y | x)); a continuous guide on a "
+            "discrete site would give a wrong bound"
         )
     extra = len(lat.shape) - len(d.event_shape)
     if extra < 0 or tuple(d.event_shape) != lat.shape[len(lat.shape) - len(d.event_shape) :]:
@@ -173,8 +215,11 @@ class LatentModel(nn.Module):
     ``(params_per_value,) + batch + data_shape`` otherwise (e.g. a location and a scale).
 
     :param latents: the latent sites, :class:`Latent` objects.
-    :param decoder: an ``nn.Module`` (or callable) taking the latents' values in order.
-    :param likelihood: a :class:`~pyro_gen.models.likelihoods.Likelihood`.
+    :param decoder: an ``nn.Module`` (or callable) taking the latents' values in order. It returns the
+        likelihood's parameters, or (with ``likelihood=None``) the observation distribution itself, whose
+        event shape is ``data_shape`` (e.g. a mixture's component picked by its enumerated assignment).
+    :param likelihood: a :class:`~pyro_gen.models.likelihoods.Likelihood`, or ``None`` when the decoder
+        returns the distribution.
     :param data_shape: the shape of one datapoint, e.g. ``(1, 28, 28)``.
     :param str obs_name: the observed site's name.
     :param num_classes: a model conditioned on class labels (a conditional VAE): calls take ``y``,
@@ -188,7 +233,7 @@ class LatentModel(nn.Module):
         self,
         latents: Sequence[Latent],
         decoder,
-        likelihood: Likelihood,
+        likelihood: Likelihood | None,
         data_shape: Sequence[int],
         obs_name: str = "x",
         num_classes: int | None = None,
@@ -204,11 +249,26 @@ class LatentModel(nn.Module):
             raise ConfigError("a LatentModel needs at least one local latent (one per datapoint)")
         if sum(lat.is_discrete for lat in latents) > 1:
             raise ConfigError(
-                f"at most one discrete latent is summed out by enumeration for now; got {[lat.name for lat in latents if lat.is_discrete]}"
+                f"at most one discrete latent is summed out with an amortized q(y | x); got {[lat.name for lat in latents if lat.is_discrete]}: "
+                "declare the others (or all) with enumerate='parallel' to sum them out in the model"
+            )
+        if any(lat.is_discrete for lat in latents) and any(lat.enumerated for lat in latents):
+            raise ConfigError(
+                "a model sums its discrete latents out either with an amortized q(y | x) (a fixed Categorical prior) or in the model "
+                "(enumerate='parallel'), not both: declare every discrete latent with enumerate='parallel'"
             )
         declared: dict[str, Latent] = {}
         for lat in latents:
             for parent in lat.parents:
+                if parent == LABELS and parent not in names:
+                    if num_classes is None:
+                        raise ConfigError(
+                            f"latent {lat.name!r} names the labels {LABELS!r} as a parent, but the model takes none: declare "
+                            "LatentModel(..., num_classes=K)"
+                        )
+                    if not lat.local:
+                        raise ConfigError(f"global latent {lat.name!r} cannot read the labels (one per datapoint): make it local")
+                    continue
                 if parent not in declared:
                     where = "is declared after it" if parent in names else "is not a latent of this model"
                     raise ConfigError(f"latent {lat.name!r} names parent {parent!r}, which {where}: declare parents first")
@@ -253,26 +313,36 @@ class LatentModel(nn.Module):
         return [lat for lat in self.latents if not lat.local]
 
     @property
+    def enumerated_latents(self) -> list[Latent]:
+        """Discrete latents the model sums out with Pyro's enumeration (``enumerate='parallel'``): no guide site."""
+        return [lat for lat in self.latents if lat.enumerated]
+
+    @property
     def discrete_latents(self) -> list[Latent]:
         """Local latents with a Categorical prior: summed out by enumeration (:mod:`pyro_gen.infer.enumerate`)."""
         return [lat for lat in self.latents if lat.is_discrete]
 
     def parents_of(self, index: int) -> list[int]:
-        """Indices of the latents the ``index``-th latent's prior reads, in the order it takes them."""
-        return [self._index[p] for p in self.latents[index].parents]
+        """Indices of the latents the ``index``-th latent's prior reads, in the order it takes them (the labels: ``-1``)."""
+        return [self._index.get(p, -1) for p in self.latents[index].parents]
 
-    def prior(self, index: int, values=None) -> dist.Distribution:
+    def reads_labels(self, index: int) -> bool:
+        """The ``index``-th latent's prior reads the class labels (``"y"`` among its parents)."""
+        return LABELS in self.latents[index].parents and LABELS not in self._index
+
+    def prior(self, index: int, values=None, labels=None) -> dist.Distribution:
         """The prior of the ``index``-th latent, with event shape equal to its shape.
 
-        ``values``: the latents' values so far (declaration order), read by a prior with parents.
-        A module or callable prior is called afresh each time (its parameters train).
+        ``values``: the latents' values so far (declaration order), read by a prior with parents;
+        ``labels``: the class labels, for a prior that reads them. A module or callable prior is
+        called afresh each time (its parameters train).
         """
         lat = self.latents[index]
         if lat.prior is None:
             loc, scale = getattr(self, f"_prior_loc_{index}"), getattr(self, f"_prior_scale_{index}")
             return dist.Normal(loc, scale, validate_args=False).to_event(len(lat.shape))
         if not isinstance(lat.prior, torch.distributions.Distribution):
-            parents = [values[i] for i in self.parents_of(index)] if lat.parents else []
+            parents = [labels if i < 0 else values[i] for i in self.parents_of(index)] if lat.parents else []
             if any(v is None for v in parents):
                 raise ConfigError(f"the prior of latent {lat.name!r} needs its parents' values {lat.parents}")
             return as_latent_distribution(lat, lat.prior(*parents))
@@ -313,7 +383,10 @@ class LatentModel(nn.Module):
         if ref is not None and x.device != ref.device:
             check_data_tensor(x, "x", device=ref.device, values=False)
         if not values_already_checked():
-            self.likelihood.validate(x)  # NaN / inf included
+            if self.likelihood is None:
+                check_finite(x)
+            else:
+                self.likelihood.validate(x)  # NaN / inf included
 
     def check_labels(self, y, batch_size: int) -> torch.Tensor:
         """The class labels a conditional model (``num_classes``) is given: integers in ``0..num_classes-1``, one per datapoint."""
@@ -335,6 +408,8 @@ class LatentModel(nn.Module):
         then the second (e.g. all locations, then all scales).
         """
         out = self.decoder(*latent_values) if y is None else self.decoder(*latent_values, y)
+        if self.likelihood is None:
+            return self._check_distribution(out)
         # the batch shape (particles and datapoints) of the local latents: the largest one's, since an
         # enumerated discrete latent is observed once per datapoint while the others carry particles
         batch = max(
@@ -356,6 +431,22 @@ class LatentModel(nn.Module):
             params = params.movedim(len(batch), 0)
         return params
 
+    def _check_distribution(self, d):
+        if not isinstance(d, torch.distributions.Distribution):
+            raise ConfigError(
+                f"this model has likelihood=None, so its decoder must return the observation distribution; it returned {type(d).__name__}"
+            )
+        if tuple(d.event_shape) != self.data_shape:
+            raise DataError(
+                f"the decoder's distribution has event shape {tuple(d.event_shape)}, but one datapoint has shape {self.data_shape}: "
+                "make its rightmost dims events with .to_event(n)"
+            )
+        return d
+
+    def observation(self, params) -> dist.Distribution:
+        """The distribution of one batch of data given the decoder's output."""
+        return params if self.likelihood is None else self.likelihood(params, len(self.data_shape))
+
     def forward(self, x: torch.Tensor | None = None, *, batch_size: int | None = None, data_size: int | None = None, y=None):
         if x is not None:
             self.check_data(x)
@@ -373,15 +464,17 @@ class LatentModel(nn.Module):
         values = [None] * len(self.latents)
         for i, lat in enumerate(self.latents):
             if not lat.local:
-                values[i] = pyro.sample(lat.name, self.prior(i, values))
+                values[i] = pyro.sample(lat.name, self.prior(i, values, labels))
         with self.data_plate(batch_size, data_size):
             for i, lat in enumerate(self.latents):
                 if lat.is_discrete:
                     values[i] = self._discrete_site(i, lat, x, y, batch_size)
+                elif lat.enumerated:
+                    values[i] = pyro.sample(lat.name, self.prior(i, values, labels), infer={"enumerate": lat.enumerate})
                 elif lat.local:
-                    values[i] = pyro.sample(lat.name, self.prior(i, values))
+                    values[i] = pyro.sample(lat.name, self.prior(i, values, labels))
             params = self.decode(*values, y=labels)
-            pyro.sample(self.obs_name, self.likelihood(params, len(self.data_shape)), obs=x)
+            pyro.sample(self.obs_name, self.observation(params), obs=x)
         return params
 
     def _discrete_site(self, i: int, lat: Latent, x, y, batch_size: int):
@@ -405,4 +498,6 @@ class LatentModel(nn.Module):
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """The likelihood's mean for decoder output ``params`` (e.g. pixel probabilities)."""
+        if self.likelihood is None:
+            return params.mean
         return self.likelihood.mean(params, len(self.data_shape))

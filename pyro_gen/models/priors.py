@@ -8,6 +8,8 @@ it, moved by ``.to(device)`` and saved in its checkpoints.
 * :class:`GaussianPrior`: ``p(z | parents) = N(mu(parents), sigma(parents))`` with an MLP: the
   top-down prior of a hierarchical (ladder) VAE (Sonderby et al. 2016).
 * :class:`LearnedNormal`: a diagonal Normal with trainable location and scale.
+* :class:`ClassNormal`: ``p(z | y) = N(mu_y, sigma_y)``, one trainable Normal per class label: the
+  label-conditional prior of a conditional VAE (``parents=("y",)`` in a ``num_classes`` model).
 * :class:`MixturePrior`: a mixture of ``K`` diagonal Gaussians with trainable weights, means and
   scales (e.g. Dilokthanakul et al. 2016; Tomczak & Welling 2018 compare it with the VampPrior).
 * :class:`VampPrior`: ``p(z) = 1/K sum_k q(z | u_k)`` with trainable pseudo-inputs ``u_k`` passed
@@ -63,6 +65,29 @@ class LearnedNormal(Prior):
 
     def forward(self) -> dist.TorchDistribution:
         return dist.Normal(self.loc, F.softplus(self.raw_scale) + _MIN_SCALE).to_event(len(self.shape))
+
+
+class ClassNormal(Prior):
+    """``p(z | y) = N(mu_y, diag sigma_y^2)``: one trainable diagonal Normal per class label, started at N(0, I).
+
+    The prior of a latent declared with ``parents=("y",)`` in a model conditioned on labels
+    (``LatentModel(..., num_classes=K)``): it reads the integer labels (Sohn et al., "Learning
+    Structured Output Representation using Deep Conditional Generative Models", NeurIPS 2015, learn
+    a prior network of the condition).
+    """
+
+    def __init__(self, num_classes: int, shape):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ConfigError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
+        self.shape = _as_shape(shape)
+        self.loc = nn.Parameter(torch.zeros((num_classes,) + self.shape))
+        self.raw_scale = nn.Parameter(torch.full((num_classes,) + self.shape, math.log(math.e - 1)))
+
+    def forward(self, y: torch.Tensor) -> dist.TorchDistribution:
+        if not torch.is_tensor(y) or y.dtype.is_floating_point:
+            raise ConfigError(f"ClassNormal reads integer class labels; got {getattr(y, 'dtype', type(y).__name__)}")
+        return dist.Normal(self.loc[y], F.softplus(self.raw_scale[y]) + _MIN_SCALE).to_event(len(self.shape))
 
 
 class GaussianPrior(Prior):
@@ -165,3 +190,24 @@ def parameter_tensors(d) -> list[torch.Tensor]:
             elif isinstance(value, (list, tuple)):
                 stack.extend(v for v in value if isinstance(v, torch.distributions.Distribution))
     return found
+
+
+#: Prior names for :func:`make_prior` (and a VAE config's ``model.prior``).
+PRIOR_NAMES = ("standard", "learned", "mog:K", "vamp:K")
+
+
+def make_prior(name: str, dim: int, data_shape):
+    """A prior over a ``(dim,)`` latent by name: ``None`` (the standard Normal) for ``"standard"``,
+    :class:`LearnedNormal` for ``"learned"``, :class:`MixturePrior` with ``K`` components for ``"mog:K"``,
+    :class:`VampPrior` with ``K`` pseudo-inputs of ``data_shape`` for ``"vamp:K"``.
+
+    :raises ConfigError: an unknown name, or a ``K`` that is not a positive integer.
+    """
+    if name == "standard":
+        return None
+    if name == "learned":
+        return LearnedNormal((dim,))
+    kind, _, count = str(name).partition(":")
+    if kind in ("mog", "vamp") and count.isdigit() and 0 < int(count) <= 100_000:
+        return MixturePrior(int(count), dim) if kind == "mog" else VampPrior(int(count), tuple(data_shape))
+    raise ConfigError(f"unknown prior {name!r}; choose one of {', '.join(PRIOR_NAMES)} (K a positive integer, e.g. 'vamp:500')")

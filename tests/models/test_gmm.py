@@ -211,7 +211,7 @@ def test_enumerated_loss_is_the_exact_negative_log_joint_per_point(clusters):
     with pyro.settings.context(module_local_params=True):
         loss = enum_objective(model)(model, guide, x, data_size=len(x)).item()
     params = point_estimate(guide, x)
-    log_prior = sum(prior.log_prob(params[name]).item() for name, prior in model.priors().items())
+    log_prior = sum(prior.log_prob(params[name]).item() for name, prior in model.global_priors().items())
     assert loss == pytest.approx(-(model.log_density(x, params).sum().item() + log_prior) / len(x), rel=1e-5)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from pyro_gen import Latent, LatentModel, TensorBatches, Trainer, evaluate, make_guide, make_likelihood
 from pyro_gen.errors import ConfigError
+from pyro_gen.infer.objectives import ELBO
 from pyro_gen.infer.traces import get_traces
 from pyro_gen.models.priors import GaussianPrior, LearnedNormal, MixturePrior, Prior, VampPrior
 
@@ -304,3 +305,34 @@ def test_labels_given_to_a_model_that_reads_none_are_refused_not_dropped():
         model(x, y=y)
     with pytest.raises(Exception, match="takes no labels"):
         Trainer(model, guide, "elbo", epochs=1, batch_size=10, progress=False).fit(TensorBatches(x, 10, y=y))
+
+
+# -- the VAE factory and config speak the language: named priors and a second level ----------------------------------
+@pytest.mark.parametrize(
+    ("prior", "kind"),
+    [("standard", type(None)), ("learned", LearnedNormal), ("mog:3", MixturePrior), ("vamp:7", VampPrior)],
+)
+def test_the_vae_factory_builds_named_priors_and_a_two_level_hierarchy(prior, kind):
+    from pyro_gen.models import vae
+
+    flat = vae((1, 8, 8), 4, (16,), prior=prior)
+    assert isinstance(flat.latents[0].prior, kind) and [lat.name for lat in flat.latents] == ["z"]
+    deep = vae((1, 8, 8), 4, (16,), prior=prior, top_latent_dim=2)
+    assert [lat.name for lat in deep.latents] == ["z2", "z1"]
+    assert isinstance(deep.latents[0].prior, kind) and isinstance(deep.latents[1].prior, GaussianPrior)
+    assert deep.latents[1].parents == ("z2",)
+    guide = make_guide("planar:2", deep, hidden=(16,))
+    x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.3))
+    loss = ELBO()(deep, guide, x)
+    loss.backward()
+    # the prior's parameters (if any) get gradients: it is trained, not frozen
+    for p in deep.priors.parameters():
+        assert p.grad is not None
+
+
+@pytest.mark.parametrize("bad", ["vamp:x", "mog:0", "gauss", "vamp:"])
+def test_an_unknown_prior_name_is_refused_in_one_line(bad):
+    from pyro_gen.models import vae
+
+    with pytest.raises(ConfigError, match="unknown prior"):
+        vae((4,), 2, (8,), likelihood="gaussian", prior=bad)
