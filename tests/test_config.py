@@ -273,7 +273,9 @@ def test_every_shipped_config_passes_every_check_before_training(path):
         pytest.skip(str(e).splitlines()[0])
 
 
-@pytest.mark.parametrize(("override", "match"), [("model.prior=vamp:x", "model.prior: unknown prior"), ("model.top_latent_dim=0", "top_latent_dim")])
+@pytest.mark.parametrize(
+    ("override", "match"), [("model.prior=vamp:x", "model.prior: unknown prior"), ("model.top_latent_dim=0", "top_latent_dim")]
+)
 def test_vae_prior_and_hierarchy_keys_are_checked_before_training(override, match):
     from pyro_gen.config import apply_overrides, from_dict
     from pyro_gen.run import validate

@@ -309,7 +309,9 @@ def _model_enumerated(model, guide, x, num_samples: int, chunk_size: int, seed) 
         "kl_and_reconstruction": "not separated for a model with enumerated discrete latents (NaN)",
         "threads": torch.get_num_threads(),
     }
-    return LikelihoodResult(log_px.cpu(), elbo.cpu(), nan.cpu(), nan.cpu(), log_px.new_zeros((len(x), 0)).cpu(), num_samples, chunk_size, protocol)
+    return LikelihoodResult(
+        log_px.cpu(), elbo.cpu(), nan.cpu(), nan.cpu(), log_px.new_zeros((len(x), 0)).cpu(), num_samples, chunk_size, protocol
+    )
 
 
 def _enumerated(model, guide, x, num_samples: int, chunk_size: int, seed) -> LikelihoodResult:

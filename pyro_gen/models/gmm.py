@@ -192,7 +192,9 @@ class GaussianMixture(LatentModel):
             Latent("scales", shape=(num_components, dim), prior=functools.partial(self._global_prior, "scales"), local=False),
         ]
         if covariance == "full":
-            latents.append(Latent("corr_chol", shape=(num_components, dim, dim), prior=functools.partial(self._global_prior, "corr_chol"), local=False))
+            latents.append(
+                Latent("corr_chol", shape=(num_components, dim, dim), prior=functools.partial(self._global_prior, "corr_chol"), local=False)
+            )
         latents.append(Latent("assignment", prior=self._assignment_prior, parents=("weights",), enumerate="parallel"))
         super().__init__(latents, decoder=self._component_of, likelihood=None, data_shape=(dim,))
         self.num_components, self.dim = num_components, dim

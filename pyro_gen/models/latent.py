@@ -109,16 +109,22 @@ class Latent:
         if self.enumerate != "parallel":
             raise ConfigError(f"{where}: enumerate must be 'parallel' (Pyro's vectorized enumeration), got {self.enumerate!r}")
         if not self.local or self.shape != ():
-            raise ConfigError(f"{where} must be local with shape () (one discrete value per datapoint), got local={self.local}, shape={self.shape}")
+            raise ConfigError(
+                f"{where} must be local with shape () (one discrete value per datapoint), got local={self.local}, shape={self.shape}"
+            )
         if self.prior is None:
             raise ConfigError(f"{where} needs a discrete prior, e.g. dist.Categorical(...) or a callable of its parents returning one")
         if isinstance(self.prior, torch.distributions.Distribution):
             if self.parents:
                 raise ConfigError(f"{where} names parents {self.parents} but its prior is a fixed distribution: give a callable of them")
             if not self.prior.support.is_discrete or not getattr(self.prior, "has_enumerate_support", False):
-                raise ConfigError(f"{where} needs a prior with finite discrete support (Categorical, Bernoulli), got {type(self.prior).__name__}")
+                raise ConfigError(
+                    f"{where} needs a prior with finite discrete support (Categorical, Bernoulli), got {type(self.prior).__name__}"
+                )
         elif not callable(self.prior):
-            raise ConfigError(f"prior of latent {self.name!r} must be a distribution or a callable returning one, got {type(self.prior).__name__}")
+            raise ConfigError(
+                f"prior of latent {self.name!r} must be a distribution or a callable returning one, got {type(self.prior).__name__}"
+            )
 
     def _check_fixed_prior(self) -> None:
         from pyro_gen.models.priors import parameter_tensors

@@ -64,4 +64,3 @@ def vae(
     if top_latent_dim is not None:
         decoder = Select(1, decoder)  # x depends on z1 only: p(z2) p(z1 | z2) p(x | z1)
     return LatentModel(latents, decoder, lik, data_shape)
-

@@ -49,8 +49,7 @@ def no_guide(x, **kwargs):
 
 def brute_force_log_px(x):
     terms = [
-        math.log(W[c]) + math.log(V[c, d]) + dist.Normal(MU[c, d], S).log_prob(x).sum(-1)
-        for c, d in itertools.product(range(2), range(3))
+        math.log(W[c]) + math.log(V[c, d]) + dist.Normal(MU[c, d], S).log_prob(x).sum(-1) for c, d in itertools.product(range(2), range(3))
     ]
     return torch.stack(terms).logsumexp(0)
 
@@ -181,7 +180,10 @@ def _fixed_gaussian(scale):
         (lambda: LatentModel([Latent("z", prior=ClassNormal(3, 2), parents=("y",))], nn.Identity(), None, (2,)), "takes none"),
         (
             lambda: LatentModel(
-                [Latent("a", prior=dist.Categorical(torch.ones(2))), Latent("b", prior=dist.Categorical(torch.ones(2)), enumerate="parallel")],
+                [
+                    Latent("a", prior=dist.Categorical(torch.ones(2))),
+                    Latent("b", prior=dist.Categorical(torch.ones(2)), enumerate="parallel"),
+                ],
                 nn.Identity(),
                 None,
                 (2,),
