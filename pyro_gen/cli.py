@@ -39,10 +39,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="PNG path (default RUN_DIR/samples.png); a GAN's points go beside it with the suffix .npy")
     s.add_argument("--seed", type=int, default=0)
 
-    c = sub.add_parser("compare", help="train several guides on one model; writes compare.csv and compare.md")
+    c = sub.add_parser(
+        "compare",
+        help="train several guides on one model (--guides), or tabulate test NLLs across model families (--configs, --runs); "
+        "writes compare.csv and compare.md",
+    )
     c.add_argument("--config", help="base YAML config")
     c.add_argument("--data", help="dataset name (data.name)")
-    c.add_argument("--guides", required=True, help="comma-separated guide names, e.g. normal,planar:10,iaf:4")
+    c.add_argument("--guides", help="comma-separated guide names, e.g. normal,planar:10,iaf:4")
+    c.add_argument(
+        "--configs", nargs="+", metavar="CONFIG", help="train one run per config (any model.kind, one dataset) and tabulate their test NLLs"
+    )
+    c.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="tabulate the test NLLs of evaluated runs (any model.kind, one dataset)")
     c.add_argument("--epochs", type=int)
     c.add_argument("--train-size", type=int, help="seeded random subset of the training split")
     c.add_argument("--test-size", type=int, help="seeded random subset of the test split")
@@ -103,7 +111,28 @@ def _train(args) -> None:
 
 def _compare(args) -> None:
     from pyro_gen.config import load_config
-    from pyro_gen.run import compare
+    from pyro_gen.run import compare, compare_configs, compare_runs
+
+    chosen = [flag for flag, value in (("--guides", args.guides), ("--configs", args.configs), ("--runs", args.runs)) if value]
+    if len(chosen) != 1:
+        raise ConfigError(
+            "compare needs exactly one of --guides (guides of one config), --configs (one run per config) or --runs "
+            f"(evaluated run directories); got {' and '.join(chosen) or 'none'}"
+        )
+    if args.runs or args.configs:
+        if args.config or args.data or args.epochs or args.train_size or args.test_size or args.nll_samples or args.seed is not None:
+            raise ConfigError("--config, --data, --epochs, ... set one config for --guides; with --configs put them in each file")
+        if args.runs:
+            rows = compare_runs(args.runs, args.out)
+        else:
+            names = [Path(c).stem for c in args.configs]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"compare --configs needs configs with distinct file names (their run directories): {names}")
+            configs = {name: load_config(c, args.overrides) for name, c in zip(names, args.configs)}
+            rows = compare_configs(configs, args.out)
+        print((Path(args.out) / "compare.md").read_text())
+        print(f"wrote {Path(args.out) / 'compare.csv'} ({len(rows)} runs)")
+        return
 
     flags = {
         "data.name": args.data,

@@ -176,6 +176,17 @@ class Family:
         """The protocol line above ``compare``'s table."""
         return ""
 
+    def density_row(self, config: RunConfig, scores: Scores) -> dict:
+        """The run's test negative log-likelihood for a table across families (``compare --configs`` / ``--runs``):
+        ``{"test_nll": nats per datapoint, "nll_method": how it was computed, "bits_per_dim": or None}``.
+
+        The default reads the record's ``test_nll``, ``nll_method`` and ``bits_per_dim`` (the explicit
+        densities write them); a family whose record has no NLL cannot enter such a table and says so.
+        """
+        if scores.get("test_nll") is None or not scores.get("nll_method"):
+            raise Unsupported(f"model.kind: {self.name} reports no test log-likelihood, so it cannot enter a table of test NLLs")
+        return {"test_nll": scores["test_nll"], "nll_method": scores["nll_method"], "bits_per_dim": scores.get("bits_per_dim")}
+
     def supports(self, command: str) -> bool:
         """True when the family implements ``command`` (``sample``, ``analyze``, ...) and does not refuse it."""
         return command not in self.unsupported and getattr(type(self), command) is not getattr(Family, command)

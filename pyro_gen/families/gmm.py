@@ -330,6 +330,11 @@ class GMMFamily(Family):
         report.write_loo(idata, run.path / "loo.json", khat_plot=run.path / "loo_khat.png")
         return paths + [run.path / "loo.json", run.path / "loo_khat.png"]
 
+    def density_row(self, config, scores) -> dict:
+        if scores.get("test_lpd") is not None:  # NUTS: the posterior predictive density of each test point
+            return {"test_nll": -scores["test_lpd"], "nll_method": "exact, posterior predictive (NUTS draws)", "bits_per_dim": None}
+        return {"test_nll": -scores["test_log_likelihood"], "nll_method": "exact, at the fitted point estimate", "bits_per_dim": None}
+
     def compare_caption(self, config) -> str:
         d, m, t = config.data, config.model, config.train
         return (

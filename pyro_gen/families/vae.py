@@ -357,6 +357,16 @@ class VAEFamily(Family):
             "khat_gt_0.7": scores["khat_share_above_0.7"],
         }
 
+    def density_row(self, config, scores) -> dict:
+        nll = scores["test_nll"]
+        bits = None
+        from pyro_gen.data import dataset_info
+
+        info = dataset_info(config.data.name, config.data.binarize)
+        if info.image and nll is not None:
+            bits = nll / (math.prod(info.data_shape) * math.log(2))
+        return {"test_nll": nll, "nll_method": f"importance sampling, K={scores['nll_samples']}", "bits_per_dim": bits}
+
     def compare_caption(self, config) -> str:
         d, m, o, t = config.data, config.model, config.objective, config.train
         return (

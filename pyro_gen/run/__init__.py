@@ -8,7 +8,7 @@ goes through :class:`~pyro_gen.run.rundir.RunDir`.
 from pyro_gen.run.rundir import RunDir  # noqa: I001 - first: the families import it
 from pyro_gen.run.data import check_device, count_parameters, fixed_test_data, load_splits
 from pyro_gen.run.commands import analyze_run, check_config, evaluate_run, sample_run, train, validate
-from pyro_gen.run.compare import compare
+from pyro_gen.run.compare import compare, compare_configs, compare_runs
 
 
 def load_run(run_dir, device="cpu"):
@@ -46,6 +46,8 @@ __all__ = [
     "check_config",
     "check_device",
     "compare",
+    "compare_configs",
+    "compare_runs",
     "count_parameters",
     "evaluate_run",
     "fixed_test_data",
