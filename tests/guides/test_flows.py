@@ -173,3 +173,21 @@ def test_fresh_planar_layers_point_in_different_directions():
     assert ws.norm(dim=-1).min() > 0.1
     cos = torch.nn.functional.cosine_similarity(ws[0], ws[1], dim=0)
     assert cos.abs() < 0.999
+
+
+def test_planar_layer_is_pyros_planar_layer():
+    """The library's planar layer (elementwise dot products) is Pyro's (batched matmuls): same map and log-determinant."""
+    from pyro.distributions import transforms as T
+
+    from pyro_gen.guides.families import ConditionalPlanar, _planar_hypernet
+
+    torch.manual_seed(0)
+    net = _planar_hypernet(CONTEXT_DIM, DIM)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn(p.shape))
+    h, x = torch.randn(3, CONTEXT_DIM), torch.randn(2, 3, DIM)
+    ours, pyros = ConditionalPlanar(net).condition(h), T.ConditionalPlanar(net).condition(h)
+    y, y_pyro = ours(x), pyros(x)
+    torch.testing.assert_close(y, y_pyro, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.log_abs_det_jacobian(x, y), pyros.log_abs_det_jacobian(x, y_pyro), rtol=1e-6, atol=1e-6)
