@@ -37,10 +37,15 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=CONFIG)
     p.add_argument("--out", type=Path, default=Path("/root/pyro_gen_runs"))
     p.add_argument("--grid", type=Path, default=None, help="also copy the 64-sample grid here (e.g. docs/images/...)")
+    p.add_argument("--peek", action="store_true", help="score the current best.pt of a run still training (read-only, no lock)")
+    p.add_argument("--peek-grid", type=Path, default=None, help="with --peek: also draw 64 samples of that best.pt here")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for a smoke test, e.g. train.epochs=1 data.train_size=256")
     args = p.parse_args()
     run_dir = args.out / "pixelcnn"
     run = RunDir(run_dir)
+    if args.peek:
+        peek(run, args.peek_grid)
+        return
     if (run_dir / "config.yaml").exists():
         # resume a killed run with its own config; a complete one is scored again
         scores = evaluate_run(run_dir) if run.is_complete(run.config()) else train(None, run_dir, resume=True)
@@ -52,6 +57,29 @@ def main() -> None:
     if args.grid:
         shutil.copyfile(run_dir / "samples.png", args.grid)
         print(f"wrote {args.grid}", flush=True)
+
+
+def peek(run: RunDir, grid: Path | None) -> None:
+    """The exact test NLL of a training run's current ``best.pt``, written nowhere (checkpoints are replaced
+    atomically, so reading one while the trainer writes the next is safe)."""
+    import torch
+
+    from pyro_gen.families.pixelcnn import PixelCNNFamily, exact_test_nll
+    from pyro_gen.models.pixelcnn import bits_per_dim
+    from pyro_gen.run.data import fixed_test_data
+
+    torch.set_num_threads(1)
+    config, family = run.config(), PixelCNNFamily()
+    splits = family.load_data(config, ("train", "test"))
+    ckpt, name = run.load_checkpoint(run.BEST)
+    model = family.build(config, splits)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    nll = exact_test_nll(model, fixed_test_data(splits["test"], config.data.seed)).mean().item()
+    print(f"{name} after {ckpt['epoch']} of {config.train.epochs} epochs: exact test NLL {nll:.3f} nats, "
+          f"{bits_per_dim(nll, 784):.4f} bits/dim ({len(splits['test'])} test images)", flush=True)  # fmt: skip
+    if grid is not None:
+        print(f"wrote {family._write_samples(model, grid, 64, config.train.seed)}", flush=True)
 
 
 if __name__ == "__main__":
