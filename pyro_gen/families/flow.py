@@ -31,7 +31,7 @@ from pyro_gen.io import atomic_path
 from pyro_gen.rng import seeded
 from pyro_gen.run.data import count_parameters, fixed_test_data
 
-ARCHITECTURES = ("realnvp", "glow")
+ARCHITECTURES = ("realnvp", "glow", "spline")
 NORMS = ("actnorm", "batch", "none")
 #: test points scored per pass
 SCORE_BATCH = 1000
@@ -44,7 +44,9 @@ class FlowModelConfig:
     """``model`` of a flow density.
 
     ``architecture``: ``realnvp`` (affine couplings: checkerboard and channel masks on images, with
-    ``norm`` after each) or ``glow`` (actnorm, invertible 1x1 convolution (``lu``), channel coupling).
+    ``norm`` after each), ``glow`` (actnorm, invertible 1x1 convolution (``lu``), channel coupling) or,
+    for vectors only, ``spline`` (a neural spline flow: ``norm`` once at the data end to standardize them,
+    then rational-quadratic spline couplings of ``bins`` bins on ``[-bound, bound]``, the identity outside).
     Vectors: ``couplings`` layers with MLPs of ``hidden`` sizes. Images: ``scales`` scales (Real NVP
     squeezes ``scales - 1`` times, Glow ``scales`` times), ResNets of ``channels`` channels and
     ``blocks`` residual blocks, ``steps`` Glow steps per scale. ``logit``: the logit pre-transform
@@ -63,6 +65,8 @@ class FlowModelConfig:
     lu: bool = True
     logit: bool | None = None
     alpha: float = setting(0.05, low=0, high=0.5, low_open=True, high_open=True)
+    bins: int = setting(8, low=2, high=1000)
+    bound: float = setting(3.0, low=0, high=1e6, low_open=True)
 
 
 @dataclass
@@ -165,12 +169,14 @@ class FlowFamily(Family):
 
     # -- building -------------------------------------------------------------------------------
     def build(self, config, data_shape):
-        from pyro_gen.models.flow_density import glow, realnvp
+        from pyro_gen.models.flow_density import glow, realnvp, spline
 
         m, levels = config.model, self.levels(config)
         images = len(data_shape) == 3
         logit = m.logit if m.logit is not None else m.architecture == "realnvp"
         hidden = m.channels if images else m.hidden
+        if m.architecture == "spline":
+            return spline(data_shape, couplings=m.couplings, hidden=m.hidden, bins=m.bins, bound=m.bound, norm=m.norm)
         if m.architecture == "realnvp":
             return realnvp(
                 data_shape, levels=levels, scales=m.scales, couplings=m.couplings, hidden=hidden, blocks=m.blocks, norm=m.norm,

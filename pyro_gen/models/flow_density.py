@@ -24,9 +24,14 @@ Architectures (:func:`realnvp`, :func:`glow`):
   actnorm, an invertible 1x1 convolution and a channel coupling, then factors out half of the
   channels (except the last scale). Vectors: ``couplings`` steps of actnorm, an invertible linear map
   and a coupling.
+* **Neural spline flow** (Durkan et al. 2019), vectors only: a normalization layer at the data end
+  (``actnorm``: the data standardized from their mean and standard deviation, so they sit inside the
+  splines' box), then ``couplings`` rational-quadratic spline couplings (Pyro's ``SplineCoupling``,
+  :mod:`~pyro_gen.models.flows.spline`) with a reversal between them.
 
 References: L. Dinh, J. Sohl-Dickstein, S. Bengio, "Density estimation using Real NVP", ICLR 2017;
 D. P. Kingma, P. Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018;
+C. Durkan, A. Bekasov, I. Murray, G. Papamakarios, "Neural Spline Flows", NeurIPS 2019;
 L. Theis, A. van den Oord, M. Bethge, "A note on the evaluation of generative models", ICLR 2016.
 """
 
@@ -57,11 +62,12 @@ from pyro_gen.models.flows import (
     reverse,
     run_chain,
     vector_coupling,
+    vector_spline_coupling,
 )
 from pyro_gen.models.flows.base import is_module
 
 DATA_PLATE = "data"
-ARCHITECTURES = ("realnvp", "glow")
+ARCHITECTURES = ("realnvp", "glow", "spline")
 NORMS = ("actnorm", "batch", "none")
 
 
@@ -294,6 +300,28 @@ def glow(
     if levels is not None:
         text += f", dequantized ({levels} levels)" + (f", logit (alpha {alpha})" if logit else ", centred")
     return FlowDensity(shape, transforms, levels=levels, logit=logit, alpha=alpha, description=text)
+
+
+def spline(data_shape, *, couplings: int = 8, hidden=(64, 64), bins: int = 8, bound: float = 3.0, norm: str = "actnorm") -> FlowDensity:
+    """A neural spline flow (Durkan et al. 2019) on vectors: rational-quadratic spline couplings.
+
+    In the normalizing order (data to latent): ``norm`` (``actnorm``: standardized from the first training
+    batch, or the data given to :meth:`FlowDensity.initialize`; ``batch``; ``none``), then ``couplings``
+    spline couplings (an element-wise spline on the first half, a conditional one on the rest, MLPs of
+    ``hidden`` sizes), each followed by a reversal. Every spline has ``bins`` bins on
+    ``[-bound, bound]`` and is the identity outside it, so the standardized data (and the base's
+    ``N(0, 1)``) should sit inside: ``bound`` 3 to 5 for standardized data.
+    """
+    shape = _check_shape(data_shape)
+    if len(shape) != 1:
+        raise ConfigError(f"spline couplings model vectors (D,), got data shape {shape}: use model.architecture realnvp or glow for images")
+    steps = [*_norm(shape, norm)]
+    for _ in range(couplings):
+        steps += [vector_spline_coupling(shape[0], _widths(hidden), bins, bound), reverse(shape[0])]
+    text = (
+        f"spline: {norm}, {couplings} rational-quadratic spline couplings ({bins} bins on [-{bound:g}, {bound:g}], MLP {_widths(hidden)})"
+    )
+    return FlowDensity(shape, list(reversed(steps)), description=text)
 
 
 def _width(hidden) -> int:

@@ -12,13 +12,13 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
-from pyro.distributions.transforms import AffineCoupling, BatchNorm
+from pyro.distributions.transforms import AffineCoupling, BatchNorm, SplineCoupling
 from pyro.poutine.util import site_is_subsample
 
 from pyro_gen.errors import ConfigError, DataError
 from pyro_gen.infer.objectives import MaximumLikelihood
 from pyro_gen.infer.trainer import TensorBatches, Trainer
-from pyro_gen.models.flow_density import FlowDensity, glow, realnvp
+from pyro_gen.models.flow_density import FlowDensity, glow, realnvp, spline
 from pyro_gen.models.flows import (
     ActNorm,
     FactorOut,
@@ -36,6 +36,7 @@ from pyro_gen.models.flows import (
     run_chain,
     unit_to_level_nll,
     vector_coupling,
+    vector_spline_coupling,
 )
 
 torch.set_num_threads(1)
@@ -64,6 +65,9 @@ LAYERS = {
     "checkerboard_coupling": (lambda: checkerboard_coupling((2, 4, 4), parity=1, hidden=4, blocks=1), (2, 4, 4)),
     "channel_coupling_pyro": (lambda: channel_coupling((4, 2, 2), hidden=4, blocks=1), (4, 2, 2)),
     "vector_coupling_pyro": (lambda: vector_coupling(5, hidden=[6]), (5,)),
+    # a box of [-1.5, 1.5]: some of the standard normal inputs fall outside it, on the identity tails
+    "spline_coupling_pyro": (lambda: vector_spline_coupling(5, hidden=[6], bins=5, bound=1.5), (5,)),
+    "spline_coupling_pyro_2d": (lambda: vector_spline_coupling(2, hidden=[6], bins=3, bound=1.5), (2,)),
     "actnorm_image": (lambda: ActNorm((3, 2, 2)), (3, 2, 2)),
     "actnorm_vector": (lambda: ActNorm((4,)), (4,)),
     "batch_norm_pyro_vector": (lambda: batch_norm((4,)), (4,)),
@@ -123,6 +127,35 @@ def test_every_layer_inverts_and_its_log_det_is_the_autograd_jacobians(name):
 def test_the_pyro_layers_are_pyros_own():
     assert type(vector_coupling(4)) is AffineCoupling and type(channel_coupling((4, 2, 2))) is AffineCoupling
     assert type(batch_norm((3,))) is BatchNorm
+    layer = vector_spline_coupling(4, bins=6)
+    # Durkan et al.'s rational-quadratic spline (Pyro's default order is the rational-linear one), both halves moved
+    assert type(layer) is SplineCoupling and layer.upper_spline.order == "quadratic" and not layer.identity
+
+
+def test_a_fresh_spline_coupling_is_the_identity_and_moves_values_once_trained():
+    torch.manual_seed(0)
+    layer = vector_spline_coupling(3, hidden=[8], bins=7, bound=2.0)
+    z = torch.randn(50, 3) * 2  # inside and outside the box
+    x = layer(z)
+    # to 1e-3, not exactly: Pyro pins the slope at the box's ends to 0.999 (its floor is added before the ends are padded)
+    assert torch.allclose(x, z, atol=1e-3) and torch.allclose(layer.log_abs_det_jacobian(z, x), torch.zeros(50), atol=3e-3)
+    assert (x - z).abs().max() > 0  # (and not exactly: the check above is the tolerance, not a vacuous identity)
+    with torch.no_grad():
+        layer.lower_spline.unnormalized_widths.add_(torch.randn(1, 7))
+        layer.upper_spline.nn.head.weight.add_(0.3)
+    x = layer(z.clone())  # a fresh tensor: the transform caches its last (z, x) pair
+    inside, outside = z.abs() < 2, z.abs() > 2
+    assert (x - z)[inside].abs().max() > 0.01  # a spline moves the values in its box
+    assert torch.equal(x[:, 0][outside[:, 0]], z[:, 0][outside[:, 0]])  # and leaves the first half's tails alone
+
+
+@pytest.mark.parametrize("bins, bound, message", [(1, 3.0, "between 2 and 1000 bins"), (8, 0.0, "bound must be positive")])
+def test_a_spline_without_bins_or_box_is_refused_in_one_line(bins, bound, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        vector_spline_coupling(2, bins=bins, bound=bound)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="spline couplings model vectors"):
+        spline((1, 4, 4))
 
 
 def test_actnorm_initializes_from_the_first_training_batch_to_zero_mean_and_unit_variance():
@@ -146,6 +179,7 @@ ARCHITECTURES = {
     "glow_image_plain_logit": lambda: glow((1, 4, 4), levels=2, scales=1, steps=2, hidden=4, lu=False, logit=True),
     "realnvp_vector": lambda: realnvp((3,), couplings=3, hidden=[8]),
     "glow_vector": lambda: glow((3,), couplings=2, hidden=[8]),
+    "spline_vector": lambda: spline((3,), couplings=2, hidden=[8], bins=4, bound=2.0),
 }
 
 

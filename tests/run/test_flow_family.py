@@ -73,13 +73,16 @@ def test_a_flow_has_no_guide_to_compare_and_no_posterior_to_analyze(digits_run, 
         from_dict({**DIGITS, "guide": {"name": "normal"}})
 
 
-def test_a_2d_flow_writes_its_density_picture_and_its_kl_to_the_true_density(tmp_path):
-    config = from_dict(get_family("flow").example)
+@pytest.mark.parametrize("architecture", ["realnvp", "spline"])
+def test_a_2d_flow_writes_its_density_picture_and_its_kl_to_the_true_density(architecture, tmp_path):
+    example = get_family("flow").example
+    config = from_dict({**example, "model": {**example["model"], "architecture": architecture, "bins": 4}})
     scores = train(config, tmp_path / "ring8")
     assert_png(tmp_path / "ring8" / "density.png", 200)
     test = load_dataset("ring8", "test", n=config.data.test_size, seed=config.data.seed).x
     true_nll = -toy_log_density("ring8", test).mean().item()
     assert scores["nll_method"] == "exact" and scores["bits_per_dim"] is None
+    assert scores["model"].startswith(f"{architecture}:")
     assert scores["true_test_nll"] == pytest.approx(true_nll, rel=1e-9)
     assert scores["kl_estimate"] == pytest.approx(scores["test_nll"] - true_nll, rel=1e-9)
     paths = sample_run(tmp_path / "ring8", num=50)
@@ -107,6 +110,9 @@ def test_the_command_line_trains_evaluates_and_samples_a_flow(tmp_path, capsys):
         ({"model": {"kind": "flow", "architecture": "glow", "norm": "batch"}}, "Glow's steps always begin with actnorm"),
         ({"model": {"kind": "flow", "alpha": 0.5}}, "model.alpha must be"),
         ({"model": {"kind": "flow", "scales": 0}}, "model.scales must be"),
+        ({"model": {"kind": "flow", "architecture": "spline"}}, "spline couplings model vectors"),
+        ({"data": {"name": "ring8"}, "model": {"kind": "flow", "architecture": "spline", "bins": 1}}, "model.bins must be"),
+        ({"data": {"name": "ring8"}, "model": {"kind": "flow", "architecture": "spline", "bound": 0}}, "model.bound must be"),
         ({"train": {"batch_size": 1000, "epochs": 1}}, "larger than the 64 training points"),
     ],
 )
