@@ -169,3 +169,113 @@ def shard_bounds(n: int, world: int | None = None, which: int | None = None) -> 
     world = world_size() if world is None else world
     which = rank() if which is None else which
     return n * which // world, n * (which + 1) // world
+
+
+class GradientBuckets:
+    """Gradients averaged over the ranks *while the backward pass runs*: bucketed asynchronous all-reduces.
+
+    The plain way (one flat all-reduce after ``loss.backward()``) leaves the communication on the critical
+    path: the step waits for it after all its arithmetic. PyTorch's DDP overlaps the two (Li et al., "PyTorch
+    Distributed: Experiences on Accelerating Data Parallel Training", VLDB 2020): parameters are grouped into
+    buckets in reverse order of registration (roughly the order their gradients become ready), and a bucket's
+    all-reduce starts as soon as its last gradient is accumulated. This does the same with
+    ``register_post_accumulate_grad_hook`` and ``async_op`` all-reduces, keeping what
+    :meth:`~pyro_gen.infer.trainer.Trainer` needs that DDP does not give: each rank's gradient weighted by its
+    number of datapoints ``n_r`` (an uneven last batch), parameters without a gradient on every rank left
+    without one, the loss and a stop flag in the same round.
+
+    Buckets are launched strictly in index order on every rank (a ready bucket waits for the ones before it),
+    so the sequence of collectives is the same on every rank even when a parameter is unused on one of them;
+    whatever is not launched during the backward pass is launched by :meth:`finish`, zeros standing in for
+    missing gradients.
+
+    :param params: the parameters whose gradients are averaged.
+    :param bucket_bytes: the size of a bucket (DDP's default first bucket is 1 MiB, later ones 25 MiB; on CPU
+        gloo smaller buckets start earlier and overlap more).
+    """
+
+    def __init__(self, params, bucket_bytes: int = 1 << 20):
+        self.params = list(params)
+        order = list(range(len(self.params)))[::-1]
+        self.buckets: list[list[int]] = []
+        current, size = [], 0
+        for i in order:
+            current.append(i)
+            size += self.params[i].numel() * self.params[i].element_size()
+            if size >= bucket_bytes:
+                self.buckets.append(current)
+                current, size = [], 0
+        if current:
+            self.buckets.append(current)
+        self.bucket_of = {i: b for b, members in enumerate(self.buckets) for i in members}
+        self._armed = False
+        self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(self.params) if p.requires_grad]
+
+    def _make_hook(self, index: int):
+        def hook(param):
+            if self._armed:
+                self._ready[self.bucket_of[index]] += 1
+                self._present[index] = True
+                self._launch_ready()
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def arm(self, n: int) -> None:
+        """Before ``backward``: this rank's datapoint count ``n`` weights its gradients."""
+        self._n = float(n)
+        self._ready = [0] * len(self.buckets)
+        self._present = [False] * len(self.params)
+        self._launched: list = []  # (flat buffer, work handle) per launched bucket, in order
+        self._armed = True
+
+    def _launch(self, b: int) -> None:
+        members = self.buckets[b]
+        dtype = self.params[members[0]].dtype
+        parts = [
+            self.params[i].grad.reshape(-1).to(dtype) * self._n
+            if self._present[i] and self.params[i].grad is not None
+            else torch.zeros(self.params[i].numel(), dtype=dtype, device=self.params[i].device)
+            for i in members
+        ]
+        flat = torch.cat(parts)
+        work = dist.all_reduce(flat, async_op=True) if active() else None
+        self._launched.append((flat, work))
+
+    def _launch_ready(self) -> None:
+        while len(self._launched) < len(self.buckets):
+            b = len(self._launched)
+            if self._ready[b] < len(self.buckets[b]):
+                return
+            self._launch(b)
+
+    def finish(self, loss, stop: bool) -> tuple[float, float, bool]:
+        """After ``backward``: launch what is left, reduce the presence flags, ``n_r * loss_r``, ``n_r`` and the stop flag,
+        wait, and set each gradient to ``sum_r n_r g_r / sum_r n_r`` (``None`` where no rank had one).
+
+        Returns ``(global mean loss, global count, any rank stopping)``.
+        """
+        self._armed = False
+        while len(self._launched) < len(self.buckets):
+            self._launch(len(self._launched))
+        dtype = self.params[0].dtype if self.params else torch.float32
+        device = self.params[0].device if self.params else _comm_device()
+        flags = torch.tensor([float(p) for p in self._present], dtype=dtype, device=device)
+        loss_sum = loss.detach().reshape(1).to(dtype) * self._n if loss is not None else torch.zeros(1, dtype=dtype, device=device)
+        tail = torch.cat([flags, loss_sum, torch.tensor([self._n, float(stop)], dtype=dtype, device=device)])
+        all_reduce_(tail)
+        present = tail[: len(self.params)].tolist()
+        loss_total, total, stops = tail[len(self.params) :].tolist()
+        for b, (flat, work) in enumerate(self._launched):
+            if work is not None:
+                work.wait()
+            offset = 0
+            for i in self.buckets[b]:
+                p, k = self.params[i], self.params[i].numel()
+                p.grad = (flat[offset : offset + k] / total).view_as(p).to(p.dtype) if present[i] > 0 else None
+                offset += k
+        return loss_total / total, total, stops > 0

@@ -674,6 +674,8 @@ class Trainer:
         self._saved: str | None = None
         self._rank, self._world = 0, 1
         self._batch_count, self._stop, self._stop_all = 0, None, False
+        # the data-parallel gradient reducer (built on the first distributed step, its hooks on the parameters)
+        self._buckets = None
 
     # -- helpers -------------------------------------------------------------
     def _modules(self) -> list[torch.nn.Module]:
@@ -853,9 +855,15 @@ class Trainer:
         n = len(x)
         loss = self._step_loss(x, data_size, y) if n else None  # a rank whose slice of a short last batch is empty adds nothing
         self.optimizer.zero_grad(set_to_none=True)
+        if self._buckets is None:
+            self._buckets = distributed.GradientBuckets(self.parameters())
+        # the buckets' all-reduces start inside backward, as their gradients become ready (overlapping the two)
+        self._buckets.arm(n)
         if loss is not None:
             loss.backward()
-        value, total = self._all_reduce_gradients(self.parameters(), loss, n)
+        value, total, stops = self._buckets.finish(loss, self._stop.signum is not None)
+        total = int(total)
+        self._stop_all = self._stop_all or stops
         if not math.isfinite(value):
             raise TrainingDivergedError(f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; {self._kept()}")
         if self.clip_norm:
@@ -960,7 +968,13 @@ class Trainer:
             stop = stack.enter_context(_StopRequests(enabled=self.run_dir is not None))
             self._stop, self._stop_all = stop, False
             stack.callback(torch.set_num_threads, torch.get_num_threads())
+            stack.callback(self._remove_buckets)  # leave no hooks on the user's parameters
             return self._fit(train, valid, resume, stack, stop)
+
+    def _remove_buckets(self) -> None:
+        if self._buckets is not None:
+            self._buckets.remove()
+            self._buckets = None
 
     def _join_process_group(self) -> None:
         """Under torchrun, join the process group (gloo for a CPU device, NCCL for CUDA) and take this rank's GPU."""

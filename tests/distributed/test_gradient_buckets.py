@@ -1,0 +1,78 @@
+"""The overlapped gradient reducer (``distributed.GradientBuckets``) on 2 gloo ranks against the formula
+``sum_r n_r g_r / sum_r n_r``, with many small buckets, a parameter unused on one rank and uneven counts."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pytestmark = pytest.mark.slow
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.ModuleDict({"a": nn.Linear(3, 5), "b": nn.Linear(5, 2), "unused_on_rank_1": nn.Linear(3, 2), "never": nn.Linear(2, 2)})
+
+
+def _loss(net, x, rank):
+    h = torch.tanh(net["a"](x))
+    loss = net["b"](h).pow(2).mean()
+    if rank == 0:
+        loss = loss + net["unused_on_rank_1"](x).sum() / len(x)
+    return loss
+
+
+def _data(rank):
+    g = torch.Generator().manual_seed(rank)
+    return torch.randn(4 if rank == 0 else 7, 3, generator=g)  # uneven counts: n_0 = 4, n_1 = 7
+
+
+def _rank_main(rank, world, port, tmp):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from pyro_gen import distributed
+
+    distributed.setup("cpu")
+    net = _net()
+    buckets = distributed.GradientBuckets(list(net.parameters()), bucket_bytes=32)  # a bucket every parameter or two
+    x = _data(rank)
+    loss = _loss(net, x, rank)
+    buckets.arm(len(x))
+    loss.backward()
+    mean_loss, total, stop = buckets.finish(loss, stop=rank == 1)
+    if rank == 0:
+        grads = {name: None if p.grad is None else p.grad.clone() for name, p in net.named_parameters()}
+        torch.save({"grads": grads, "loss": mean_loss, "total": total, "stop": stop}, Path(tmp) / "out.pt")
+    buckets.remove()
+    distributed.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_overlapped_buckets_give_the_datapoint_weighted_mean_gradient(tmp_path):
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = torch.load(tmp_path / "out.pt", weights_only=False)
+    # the truth, by hand: each rank's gradient weighted by its count
+    expected, losses = {}, []
+    for rank in (0, 1):
+        net, x = _net(), _data(rank)
+        loss = _loss(net, x, rank)
+        loss.backward()
+        losses.append(loss.item() * len(x))
+        for name, p in net.named_parameters():
+            if p.grad is not None:
+                expected[name] = expected.get(name, 0) + p.grad * len(x)
+    assert got["total"] == 11 and got["stop"] is True
+    assert got["loss"] == pytest.approx(sum(losses) / 11, rel=1e-6)
+    for name, g in got["grads"].items():
+        if name.startswith("never"):
+            assert g is None  # no rank had a gradient: left without one, as in one process
+        else:
+            torch.testing.assert_close(g, expected[name] / 11, rtol=1e-6, atol=1e-7)
