@@ -183,6 +183,22 @@ class _ConditionedAffineCoupling(Transform):
         self.log_scale_min_clip, self.log_scale_max_clip = log_scale_min_clip, log_scale_max_clip
 
 
+def _dense_forward(net: ConditionalDenseNN, x: torch.Tensor, context: torch.Tensor):
+    """``ConditionalDenseNN.forward(x, context)`` for its two-parameter output, without its per-call costs.
+
+    Pyro's forward slices its ``ModuleList`` (``layers[:-1]`` builds a new ``nn.Module`` on every call)
+    and indexes the output with a list of slices; the same layers and activation in a loop and one
+    ``split`` give the same values.
+    """
+    h = torch.cat([context.expand(x.shape[:-1] + context.shape[-1:]), x], dim=-1)
+    last = len(net.layers) - 1
+    for i, layer in enumerate(net.layers):
+        h = layer(h)
+        if i < last:
+            h = net.f(h)
+    return h.split([s.stop - s.start for s in net.param_slices], dim=-1)
+
+
 class ConditionalAffineCoupling(T.ConditionalAffineCoupling):
     """:class:`pyro.distributions.transforms.ConditionalAffineCoupling` conditioned into :class:`_ConditionedAffineCoupling`
     (same network, parameters and state dict)."""
@@ -191,7 +207,14 @@ class ConditionalAffineCoupling(T.ConditionalAffineCoupling):
         if self.kwargs.get("dim", -1) != -1:
             return super().condition(context)
         kwargs = {k: v for k, v in self.kwargs.items() if k != "dim"}
-        return _ConditionedAffineCoupling(self.split_dim, functools.partial(self.nn, context=context), **kwargs)
+        net = self.nn
+        if (
+            type(net) is ConditionalDenseNN
+            and net.count_params == 2
+            and net.output_multiplier == sum(s.stop - s.start for s in net.param_slices)
+        ):
+            return _ConditionedAffineCoupling(self.split_dim, functools.partial(_dense_forward, net, context=context), **kwargs)
+        return _ConditionedAffineCoupling(self.split_dim, functools.partial(net, context=context), **kwargs)
 
 
 class _ConditionedAffineAutoregressive(Transform):
