@@ -8,7 +8,10 @@ torchrun's environment variables (what ``torchrun --nproc_per_node N`` gives the
 training samples per second over one epoch of ``--steps`` steps (the epoch time the trainer records,
 which excludes start-up); 1-rank and 2-rank runs alternate ``--reps`` times.
 
-    python bench/ddp_throughput.py [--steps 100] [--batch 128] [--reps 3]
+    python bench/ddp_throughput.py [--steps 100] [--batch 128] [--reps 3] [--net mlp|conv]
+
+``--net conv`` trains the convolutional VAE instead (32 channels): more arithmetic per parameter, so the
+all-reduce is a smaller share of a step. Both are the library's models; say which one a figure is for.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, steps: int, batch: int, out: str) -> None:
+def _rank(rank: int, world: int, port: int, steps: int, batch: int, out: str, net: str = "mlp") -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world),
@@ -43,8 +46,9 @@ def _rank(rank: int, world: int, port: int, steps: int, batch: int, out: str) ->
     if world > 1:
         distributed.setup("cpu")
     torch.manual_seed(0)
-    model = vae((1, 28, 28), 40, hidden=(300, 300))
-    guide = make_guide("normal", model, hidden=(300, 300))
+    hidden = (300, 300) if net == "mlp" else (32,)
+    model = vae((1, 28, 28), 40, hidden=hidden, net=net)
+    guide = make_guide("normal", model, hidden=hidden, net=net)
     n = steps * batch * world
     x = torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=torch.Generator().manual_seed(0))
     trainer = Trainer(model, guide, "elbo", lr=1e-3, batch_size=batch * world, epochs=1, progress=False, threads=1)
@@ -54,13 +58,13 @@ def _rank(rank: int, world: int, port: int, steps: int, batch: int, out: str) ->
     distributed.shutdown()
 
 
-def run(world: int, steps: int, batch: int) -> float:
+def run(world: int, steps: int, batch: int, net: str = "mlp") -> float:
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
         if world == 1:
-            _rank(0, 1, 0, steps, batch, out)
+            _rank(0, 1, 0, steps, batch, out, net)
         else:
-            torch.multiprocessing.spawn(_rank, args=(world, _free_port(), steps, batch, out), nprocs=world, join=True)
+            torch.multiprocessing.spawn(_rank, args=(world, _free_port(), steps, batch, out, net), nprocs=world, join=True)
         result = json.loads(Path(out).read_text())
     return result["samples"] / result["seconds"]
 
@@ -70,13 +74,14 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=128, help="per-rank batch")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--net", choices=("mlp", "conv"), default="mlp", help="the VAE's networks")
     args = p.parse_args(argv)
     print(f"# {' '.join(['python', *sys.argv])}  ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)")
     print(f"usable CPUs: {len(os.sched_getaffinity(0))}, load average before: {os.getloadavg()}")
     rates = {1: [], 2: []}
     for rep in range(args.reps):
         for world in (1, 2):
-            rates[world].append(run(world, args.steps, args.batch))
+            rates[world].append(run(world, args.steps, args.batch, args.net))
             print(f"rep {rep + 1}: {world} rank(s): {rates[world][-1]:.0f} samples/s", flush=True)
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     ratios = [b / a for a, b in zip(rates[1], rates[2])]
