@@ -335,3 +335,26 @@ def test_an_affine_flow_fits_the_closed_form_gaussian_maximum_likelihood_estimat
     gaussian = torch.distributions.MultivariateNormal(x.mean(0), torch.cov(x.T, correction=0))
     model.eval()
     assert model.log_prob(x).mean().item() == pytest.approx(gaussian.log_prob(x).mean().item(), abs=1e-4)
+
+
+def test_a_spline_flow_fits_two_narrow_modes_to_a_small_kl():
+    """x1 is a mixture of N(-1, 0.05^2) and N(1, 0.05^2), x2 standard normal: a density an affine coupling flow of this
+    size smears (KL about 2.3 nats after the same training); two rational-quadratic spline couplings separate the modes."""
+    g = torch.Generator().manual_seed(0)
+
+    def draw(n):
+        sign = torch.randint(0, 2, (n,), generator=g) * 2 - 1
+        return torch.stack([sign + 0.05 * torch.randn(n, generator=g), torch.randn(n, generator=g)], -1)
+
+    x, test = draw(2000), draw(5000)
+    modes = torch.distributions.Normal(torch.tensor([-1.0, 1.0]), 0.05)
+    true_log_p = torch.logsumexp(modes.log_prob(test[:, :1]), -1) - math.log(2) + torch.distributions.Normal(0.0, 1.0).log_prob(test[:, 1])
+    pyro.set_rng_seed(0)
+    model = spline((2,), couplings=2, hidden=[16], bins=8)
+    Trainer(model, None, objective="mle", lr=1e-2, batch_size=500, epochs=20, progress=False, seed=0, lr_schedule="linear").fit(
+        TensorBatches(x, 500, shuffle=True, seed=0)
+    )
+    model.eval()
+    with torch.no_grad():
+        kl = (true_log_p - model.log_prob(test)).mean().item()
+    assert 0 < kl < 0.25  # measured 0.115 (KL(p || q) estimated on 5000 true draws)
