@@ -19,6 +19,8 @@ Run (from the repository root; tens of minutes on one core)::
 
     OMP_NUM_THREADS=1 PYRO_GEN_DATA=../shared/data python bench/flow_images.py --out /root/pyro_gen_runs/flow/images
     python bench/flow_images.py --smoke --out /tmp/flow_images_smoke   # tiny: checks that the script runs
+    # Frey faces for longer than the config's 20 epochs (a linear schedule over the new length: use a fresh --out)
+    OMP_NUM_THREADS=1 PYRO_GEN_DATA=../shared/data python bench/flow_images.py --data frey_faces --epochs 60 --out /root/pyro_gen_runs/flow/images_frey60
 
 Results go to ``OUT/results.json`` and a markdown table on stdout; the digits' sample grid and
 interpolation are copied to ``docs/images/``.
@@ -114,10 +116,13 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=",".join(DATASETS))
     parser.add_argument("--smoke", action="store_true", help="tiny runs: checks that the script works; the numbers mean nothing")
     parser.add_argument("--images", type=Path, default=REPO / "docs" / "images")
+    parser.add_argument("--epochs", type=int, help="train for this many epochs instead of the config's (use a fresh --out)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = {"train.epochs": 1, "data.train_size": 128, "model.channels": 4, "model.blocks": 1} if args.smoke else {}
+    if args.epochs is not None:
+        overrides["train.epochs"] = args.epochs
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for name in [n.strip() for n in args.data.split(",") if n.strip()]:
