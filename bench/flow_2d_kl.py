@@ -1,25 +1,32 @@
 """Flow densities on 2-D data with a known density: KL(p_true || p_model) on ring8 and grid25, and the density pictures.
 
 For each dataset (ring8: 8 Gaussians on a circle of radius 2, std 0.02; grid25: 25 Gaussians on
-{-4, ..., 4}^2, std 0.05; :mod:`pyro_gen.data.toy`) and each seed s in 0, 1, 2:
+{-4, ..., 4}^2, std 0.05; :mod:`pyro_gen.data.toy`), each seed s in 0, 1, 2 and each of two flows:
 
-* the flow family is trained with ``configs/flow_<data>.yaml`` (data.seed = train.seed = s) into a
-  resumable run directory ``OUT/<data>-seed<s>`` (a killed run continues with ``--resume`` semantics
-  when the script is started again; a complete run is only scored);
-* ``KL(p_true || p_model) = E_p_true[log p_true(x) - log p_model(x)]`` is estimated with 100,000
-  fresh true samples (the test split's stream with seed 1000 + s: no point was trained on), with its
-  Monte Carlo standard error;
-* the references are fitted on the same training points: a Gaussian mixture with as many components
-  as the data have modes and full covariances, (a) the library's mixture family (``pyro_gen.models.gmm``
-  MAP through ``pyro_gen.infer.gmm_fit.fit_map``: k-means start, AutoDelta, TraceEnum_ELBO, full-batch
-  Adam) and (b) scikit-learn's ``GaussianMixture`` (EM, k-means++ start, 3 restarts), scored the same way.
-  The mixtures have the true model's form, so their KL is the floor a flow is compared with.
+* ``spline``: the shipped ``configs/flow_<data>.yaml``, a neural spline flow (actnorm, then
+  rational-quadratic spline couplings, Durkan et al. 2019);
+* ``realnvp``: for comparison, the affine-coupling Real NVP those configs held before (8 Pyro
+  ``AffineCoupling`` layers, MLP 64-64, actnorm after each, 30 epochs, Adam 1e-3 linear to 0),
 
-It also writes ``docs/images/flow_<data>_density.png`` (seed 0's density picture) and
+the flow family is trained (data.seed = train.seed = s) into a resumable run directory
+``OUT/<flow>-<data>-seed<s>`` (a killed run continues when the script is started again; a complete run is
+only scored), and ``KL(p_true || p_model) = E_p_true[log p_true(x) - log p_model(x)]`` is estimated with
+100,000 fresh true samples (the test split's stream with seed 1000 + s: no point was trained on), with
+its Monte Carlo standard error.
+
+The references are fitted once per (data, seed) on the same training points (kept in ``results.json``,
+so a restarted script does not refit them): a Gaussian mixture with as many components as the data have
+modes and full covariances, (a) the library's mixture family (``pyro_gen.models.gmm`` MAP through
+``pyro_gen.infer.gmm_fit.fit_map``: k-means start, AutoDelta, TraceEnum_ELBO, full-batch Adam) and
+(b) scikit-learn's ``GaussianMixture`` (EM, k-means++ start, 3 restarts), scored the same way. The
+mixtures have the true model's form, so their KL is the floor a flow is compared with.
+
+It also writes ``docs/images/flow_<data>_density.png`` (the spline flow, seed 0),
+``docs/images/flow_<data>_realnvp_density.png`` (the affine Real NVP, seed 0) and
 ``docs/images/flow_two_moons_density.png`` (scikit-learn's two moons, noise 0.05, 20,000 points, the
-same flow trained through the Trainer).
+ring8 config's flow trained through the Trainer).
 
-Run (from the repository root; tens of minutes on one core)::
+Run (from the repository root; about an hour on one busy core)::
 
     OMP_NUM_THREADS=1 PYRO_GEN_DATA=../shared/data python bench/flow_2d_kl.py --out /root/pyro_gen_runs/flow/kl
     python bench/flow_2d_kl.py --smoke --out /tmp/flow_kl_smoke   # tiny: checks that the script runs
@@ -42,6 +49,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("ring8", "grid25")
 KL_SAMPLES = 100_000
+#: the flows compared: the shipped config, and the affine Real NVP it replaced (as overrides of the same file)
+FLOWS = {
+    "spline": {},
+    "realnvp": {
+        "model.architecture": "realnvp", "model.couplings": 8, "model.hidden": [64, 64], "model.norm": "actnorm",
+        "model.bins": 8, "model.bound": 3.0, "train.epochs": 30, "train.batch_size": 256, "train.lr": 1e-3,
+        "train.lr_schedule": "linear",
+    },
+}  # fmt: skip
 
 
 def true_samples(name: str, seed: int, n: int) -> torch.Tensor:
@@ -58,7 +74,7 @@ def kl_estimate(name: str, x: torch.Tensor, log_model: torch.Tensor) -> tuple[fl
     return diff.mean().item(), (diff.std() / math.sqrt(len(diff))).item()
 
 
-def train_flow(name: str, seed: int, out: Path, overrides: dict):
+def train_flow(flow: str, name: str, seed: int, out: Path, overrides: dict):
     from pyro_gen.config import load_config
     from pyro_gen.run import RunDir, train
     from pyro_gen.run.commands import evaluate_run
@@ -66,10 +82,10 @@ def train_flow(name: str, seed: int, out: Path, overrides: dict):
     config = load_config(REPO / "configs" / f"flow_{name}.yaml")
     config.data.seed = config.train.seed = seed
     config.train.progress = False
-    for key, value in overrides.items():
+    for key, value in {**FLOWS[flow], **overrides}.items():
         section, field = key.split(".")
         setattr(getattr(config, section), field, value)
-    run_dir = out / f"{name}-seed{seed}"
+    run_dir = out / f"{flow}-{name}-seed{seed}"
     start = time.perf_counter()
     if (run_dir / "training.json").exists() and RunDir(run_dir).is_complete(config):
         scores = evaluate_run(run_dir, figures=True)
@@ -119,8 +135,9 @@ def mixture_references(name: str, seed: int, config_path: Path, n: int, smoke: b
     return out
 
 
-def two_moons_picture(path: Path, epochs: int, seed: int = 0) -> dict:
-    """The same flow as configs/flow_ring8.yaml on scikit-learn's two moons, trained through the Trainer."""
+def two_moons_picture(path: Path, epochs: int | None, seed: int = 0) -> dict:
+    """The same flow as configs/flow_ring8.yaml on scikit-learn's two moons, trained through the Trainer
+    (for the config's epochs unless ``epochs`` is given)."""
     import pyro
     from sklearn.datasets import make_moons
 
@@ -135,6 +152,7 @@ def two_moons_picture(path: Path, epochs: int, seed: int = 0) -> dict:
     pyro.set_rng_seed(seed)
     model = config.family.build(config, (2,))
     t = config.train
+    epochs = epochs or t.epochs
     start = time.perf_counter()
     Trainer(
         model,
@@ -160,49 +178,63 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/root/pyro_gen_runs/flow/kl"))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--flows", default=",".join(FLOWS), help="which flows to run, of: " + ", ".join(FLOWS))
     parser.add_argument("--smoke", action="store_true", help="tiny runs: checks that the script works; the numbers mean nothing")
     parser.add_argument("--images", type=Path, default=REPO / "docs" / "images")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    flows = [f.strip() for f in args.flows.split(",") if f.strip()]
+    unknown = sorted(set(flows) - set(FLOWS))
+    if unknown:
+        parser.error(f"unknown flows {unknown}; choose from {', '.join(FLOWS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = {"train.epochs": 1, "data.train_size": 2000, "data.valid_size": 200, "data.test_size": 500} if args.smoke else {}
     n = 2000 if args.smoke else KL_SAMPLES
-    results = {"kl_samples": n, "rows": []}
+    results_path = args.out / "results.json"
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    # the mixture fits take longer than scoring a finished flow: a restarted script reuses those of the same sample size
+    references = previous.get("references", {}) if previous.get("kl_samples") == n else {}
+    results = {"kl_samples": n, "references": references, "rows": []}
     for name in DATASETS:
         for seed in range(args.seeds):
-            run_dir, scores, seconds = train_flow(name, seed, args.out, overrides)
-            kl, se = flow_kl(name, seed, run_dir, n)
-            refs = mixture_references(name, seed, run_dir / "config.yaml", n, args.smoke)
-            row = {
-                "data": name, "seed": seed, "flow_kl": kl, "flow_kl_se": se, "flow_test_nll": scores["test_nll"],
-                "epochs": scores["epochs"], "seconds_per_epoch": scores["seconds_per_epoch"], "wall_seconds": seconds,
-                **{f"{k}_kl": v[0] for k, v in refs.items()}, **{f"{k}_kl_se": v[1] for k, v in refs.items()},
-                **{f"{k}_seconds": v[2] for k, v in refs.items()},
-            }  # fmt: skip
+            row = {"data": name, "seed": seed}
+            for flow in flows:
+                run_dir, scores, seconds = train_flow(flow, name, seed, args.out, overrides)
+                kl, se = flow_kl(name, seed, run_dir, n)
+                row[flow] = {
+                    "kl": kl, "kl_se": se, "test_nll": scores["test_nll"], "epochs": scores["epochs"],
+                    "seconds_per_epoch": scores["seconds_per_epoch"], "wall_seconds": seconds, "model": scores["model"],
+                }  # fmt: skip
+                print(json.dumps({"data": name, "seed": seed, flow: row[flow]}), flush=True)
+            key = f"{name}-seed{seed}"
+            if key not in references:
+                references[key] = mixture_references(name, seed, args.out / f"{flows[0]}-{key}" / "config.yaml", n, args.smoke)
+            row.update({f"{k}_kl": v[0] for k, v in references[key].items()})
+            row.update({f"{k}_kl_se": v[1] for k, v in references[key].items()})
             results["rows"].append(row)
-            print(json.dumps(row), flush=True)
-            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+            results_path.write_text(json.dumps(results, indent=1))
         if not args.smoke:
             args.images.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(args.out / f"{name}-seed0" / "density.png", args.images / f"flow_{name}_density.png")
+            for flow in flows:
+                target = f"flow_{name}_density.png" if flow == "spline" else f"flow_{name}_{flow}_density.png"
+                shutil.copyfile(args.out / f"{flow}-{name}-seed0" / "density.png", args.images / target)
     moons = two_moons_picture(
-        (args.images / "flow_two_moons_density.png") if not args.smoke else args.out / "two_moons.png", epochs=1 if args.smoke else 30
+        (args.images / "flow_two_moons_density.png") if not args.smoke else args.out / "two_moons.png", epochs=1 if args.smoke else None
     )
     results["two_moons"] = moons
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    print("\n| data | seed | flow KL (se) | pyro_gen GMM MAP KL | sklearn EM KL | gap flow - best mixture |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    results_path.write_text(json.dumps(results, indent=1))
+    head = " | ".join(f"{f} KL (se)" for f in flows)
+    print(f"\n| data | seed | {head} | pyro_gen GMM MAP KL | sklearn EM KL |")
+    print("| --- | --- | " + "--- | " * len(flows) + "--- | --- |")
     for r in results["rows"]:
-        best = min(r["pyro_gen_gmm_map_kl"], r["sklearn_em_kl"])
-        print(
-            f"| {r['data']} | {r['seed']} | {r['flow_kl']:.4f} ({r['flow_kl_se']:.4f}) | {r['pyro_gen_gmm_map_kl']:.4f} | "
-            f"{r['sklearn_em_kl']:.4f} | {r['flow_kl'] - best:.4f} |"
-        )
+        cells = " | ".join(f"{r[f]['kl']:.4f} ({r[f]['kl_se']:.4f})" for f in flows)
+        print(f"| {r['data']} | {r['seed']} | {cells} | {r['pyro_gen_gmm_map_kl']:.4f} | {r['sklearn_em_kl']:.4f} |")
     for name in DATASETS:
         rows = [r for r in results["rows"] if r["data"] == name]
         if rows:
-            mean = sum(r["flow_kl"] for r in rows) / len(rows)
-            print(f"{name}: mean flow KL over {len(rows)} seeds {mean:.4f}")
+            means = ", ".join(f"{f} {sum(r[f]['kl'] for r in rows) / len(rows):.4f}" for f in flows)
+            best = sum(min(r["pyro_gen_gmm_map_kl"], r["sklearn_em_kl"]) for r in rows) / len(rows)
+            print(f"{name}: mean KL over {len(rows)} seeds: {means}; best mixture {best:.4f}")
     print(f"two moons: test NLL {moons['test_nll']:.4f} after {moons['epochs']} epochs ({moons['seconds']:.0f} s)")
     return 0
 
