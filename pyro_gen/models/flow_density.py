@@ -13,7 +13,7 @@ site is latent, so the model is fitted by exact maximum likelihood
 then every layer's ``_call``); :meth:`FlowDensity.encode` gives the latent code of any ``x`` (every
 layer's ``_inverse``) and :meth:`FlowDensity.decode` maps a code back, so codes can be interpolated.
 
-Architectures (:func:`realnvp`, :func:`glow`):
+Architectures (:func:`realnvp`, :func:`glow`, :func:`spline`):
 
 * **Real NVP** (Dinh et al. 2017). Images: each scale but the last applies 3 checkerboard couplings,
   a squeeze, 3 channel couplings and factors out half of the channels; the last scale applies 4
@@ -27,7 +27,8 @@ Architectures (:func:`realnvp`, :func:`glow`):
 * **Neural spline flow** (Durkan et al. 2019), vectors only: a normalization layer at the data end
   (``actnorm``: the data standardized from their mean and standard deviation, so they sit inside the
   splines' box), then ``couplings`` rational-quadratic spline couplings (Pyro's ``SplineCoupling``,
-  :mod:`~pyro_gen.models.flows.spline`) with a reversal between them.
+  :mod:`~pyro_gen.models.flows.spline`) with a reversal between them (Durkan et al. put an invertible
+  linear map between couplings and use residual hypernets; a reversal and an MLP suffice in 2-D).
 
 References: L. Dinh, J. Sohl-Dickstein, S. Bengio, "Density estimation using Real NVP", ICLR 2017;
 D. P. Kingma, P. Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018;
