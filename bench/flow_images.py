@@ -19,7 +19,7 @@ Run (from the repository root; tens of minutes on one core)::
 
     OMP_NUM_THREADS=1 PYRO_GEN_DATA=../shared/data python bench/flow_images.py --out /root/pyro_gen_runs/flow/images
     python bench/flow_images.py --smoke --out /tmp/flow_images_smoke   # tiny: checks that the script runs
-    # Frey faces for longer than the config's 20 epochs (a linear schedule over the new length: use a fresh --out)
+    # another length than the config's (a linear schedule over the new length: use a fresh --out)
     OMP_NUM_THREADS=1 PYRO_GEN_DATA=../shared/data python bench/flow_images.py --data frey_faces --epochs 60 --out /root/pyro_gen_runs/flow/images_frey60
 
 Results go to ``OUT/results.json`` and a markdown table on stdout; the digits' sample grid and
