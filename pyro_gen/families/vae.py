@@ -37,7 +37,7 @@ LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "laplace", "pois
 class VAEModelConfig:
     """``model`` of a VAE: latent size, MLP / conv networks, the likelihood (``null``: chosen from the dataset).
 
-    ``prior``: ``standard``, ``learned``, ``mog:K`` or ``vamp:K`` (of the top latent); ``top_latent_dim``: a
+    ``prior``: ``normal`` (N(0, I)), ``learned``, ``mog:K`` or ``vamp:K`` (of the top latent); ``top_latent_dim``: a
     second latent level ``z2`` of that size above ``z`` (a two-level hierarchical VAE, site names ``z2``, ``z1``).
     """
 
@@ -47,7 +47,7 @@ class VAEModelConfig:
     net: str = setting("mlp", choices=("mlp", "conv"))
     likelihood: str | None = setting(None, choices=(None, *LIKELIHOODS))
     likelihood_scale: float | str = "learned"
-    prior: str = "standard"
+    prior: str = "normal"
     top_latent_dim: int | None = size(None, high=100_000)
 
 

@@ -193,17 +193,17 @@ def parameter_tensors(d) -> list[torch.Tensor]:
 
 
 #: Prior names for :func:`make_prior` (and a VAE config's ``model.prior``).
-PRIOR_NAMES = ("standard", "learned", "mog:K", "vamp:K")
+PRIOR_NAMES = ("normal", "learned", "mog:K", "vamp:K")
 
 
 def make_prior(name: str, dim: int, data_shape):
-    """A prior over a ``(dim,)`` latent by name: ``None`` (the standard Normal) for ``"standard"``,
+    """A prior over a ``(dim,)`` latent by name: ``None`` (the standard Normal N(0, I)) for ``"normal"``,
     :class:`LearnedNormal` for ``"learned"``, :class:`MixturePrior` with ``K`` components for ``"mog:K"``,
     :class:`VampPrior` with ``K`` pseudo-inputs of ``data_shape`` for ``"vamp:K"``.
 
     :raises ConfigError: an unknown name, or a ``K`` that is not a positive integer.
     """
-    if name == "standard":
+    if name == "normal":
         return None
     if name == "learned":
         return LearnedNormal((dim,))

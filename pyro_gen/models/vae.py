@@ -23,7 +23,7 @@ def vae(
     net: str = "mlp",
     likelihood: str = "bernoulli",
     likelihood_scale="learned",
-    prior: str = "standard",
+    prior: str = "normal",
     top_latent_dim: int | None = None,
 ) -> LatentModel:
     """p(z) p(x | z) with a Normal (or learned) prior and an MLP or transposed-conv decoder; optionally two levels.
@@ -35,7 +35,7 @@ def vae(
     :param likelihood: ``bernoulli``, ``gaussian``, ``laplace``, ``continuous_bernoulli`` or ``poisson``.
     :param likelihood_scale: for Gaussian / Laplace: a number, ``"learned"`` or ``"decoder"``.
     :param prior: the prior of the top latent by name (:func:`~pyro_gen.models.priors.make_prior`):
-        ``standard``, ``learned``, ``mog:K`` (a mixture of K Gaussians) or ``vamp:K`` (a VampPrior with K
+        ``normal`` (N(0, I)), ``learned``, ``mog:K`` (a mixture of K Gaussians) or ``vamp:K`` (a VampPrior with K
         pseudo-inputs, Tomczak & Welling 2018).
     :param top_latent_dim: a second level: ``z2`` of this size on top, and ``z1`` (``latent_dim``) drawn
         from ``N(mu(z2), sigma(z2))`` by an MLP with the first hidden width (a two-level hierarchical VAE,

@@ -310,7 +310,7 @@ def test_labels_given_to_a_model_that_reads_none_are_refused_not_dropped():
 # -- the VAE factory and config speak the language: named priors and a second level ----------------------------------
 @pytest.mark.parametrize(
     ("prior", "kind"),
-    [("standard", type(None)), ("learned", LearnedNormal), ("mog:3", MixturePrior), ("vamp:7", VampPrior)],
+    [("normal", type(None)), ("learned", LearnedNormal), ("mog:3", MixturePrior), ("vamp:7", VampPrior)],
 )
 def test_the_vae_factory_builds_named_priors_and_a_two_level_hierarchy(prior, kind):
     from pyro_gen.models import vae

@@ -502,7 +502,7 @@ def test_shipped_gan_configs_load_and_pass_the_run_checks(path, data, net, pack)
         (QUICKSTART, ["model.pack=4"], "unknown config key 'model.pack'"),
         (QUICKSTART, ["objective.n_critic=5"], "unknown config key 'objective.n_critic'"),
         (RING8, ["model.prior=cauchy"], "model.prior is 'cauchy'; choose one of 'normal', 'uniform'"),
-        (QUICKSTART, ["model.prior=uniform"], "unknown config key 'model.prior'"),
+        (QUICKSTART, ["model.prior=uniform"], "model.prior: unknown prior 'uniform'"),
         (QUICKSTART, ["train.lr_schedule=cosine"], "train.lr_schedule is 'cosine'; choose one of 'constant', 'linear'"),
     ],
 )
