@@ -10,7 +10,10 @@ datapoint) pairs, and combined with a running ``logsumexp``: memory is bounded b
 chunk, not by K, and no weight is exponentiated outside ``logsumexp``. The same draws
 give the ELBO (mean log-weight), its reconstruction and KL parts, and the posterior
 means used for active units (Burda et al. 2016: dimension u is active when
-``Cov_x(E_q[z_u | x]) > 0.01``).
+``Cov_x(E_q[z_u | x]) > 0.01``). Each ``E_q[z | x]`` is a mean of K draws, so the spread of those
+means over datapoints holds the draws' noise too (``Var_q[z_u | x] / K``, about 0.02 for a collapsed
+unit at K = 50: every unit would pass the threshold); the noise is estimated from the same draws
+and subtracted, so the count is of ``Cov_x(E_q[z_u | x])`` itself.
 
 Models with global latents are scored at the guide's point estimate of them (its
 median), i.e. ``log p(x | theta_hat)`` with the local latents marginalized.
@@ -54,6 +57,9 @@ class LikelihoodResult:
     num_samples: int
     chunk_size: int
     protocol: dict = field(default_factory=dict)
+    #: per datapoint and dimension, the variance of :attr:`posterior_mean` as an estimate (the draws'
+    #: sample variance over K); ``None`` where it was not recorded
+    posterior_mean_noise: torch.Tensor | None = None
 
     @property
     def active_units(self) -> int | None:
@@ -63,7 +69,10 @@ class LikelihoodResult:
             return None
         if len(self.posterior_mean) < 2:
             return 0
-        return int((self.posterior_mean.var(0, unbiased=True) > 0.01).sum())
+        if self.posterior_mean_noise is None:
+            return None  # one draw per point: its spread cannot be told from the posterior means'
+        between = self.posterior_mean.var(0, unbiased=True) - self.posterior_mean_noise.mean(0)
+        return int((between > 0.01).sum())
 
     def summary(self) -> dict:
         """Means over datapoints, in nats per datapoint, with the protocol."""
@@ -206,7 +215,7 @@ def log_likelihood(
         seed = distributed.broadcast_object(int(torch.randint(0, 2**62, (1,))))
     acc = torch.full((len(x),), -math.inf, device=device)
     sums = torch.zeros(3, len(x), device=device)
-    mean_sum = None
+    mean_sum = square_sum = None
     blocks = _blocks(len(x), num_samples, chunk_size)
     mine = [i for i in range(len(blocks)) if i % world == rank]
     with _drawing(device, seed):
@@ -229,10 +238,11 @@ def log_likelihood(
                     lw = t.log_weight
                     acc[data] = torch.logaddexp(acc[data], torch.logsumexp(lw, 0))
                     sums[:, data] += torch.stack([lw.sum(0), t.log_likelihood.sum(0), (t.log_q_local - t.log_prior_local).sum(0)])
-                    z = _local_values(model_trace, guide_trace, k, b)
+                    z, z2 = _local_values(model_trace, guide_trace, k, b)
                     if mean_sum is None:
-                        mean_sum = z.new_zeros((len(x), z.shape[-1]))
+                        mean_sum, square_sum = z.new_zeros((len(x), z.shape[-1])), z.new_zeros((len(x), z.shape[-1]))
                     mean_sum[data] += z
+                    square_sum[data] += z2
                     if weights_fn is not None:
                         # a block's particles come in consecutive chunks, so K*b values suffice
                         if particles.start == 0:
@@ -253,8 +263,11 @@ def log_likelihood(
                     data = blocks[i + w]
                     weights_fn(data, got[:, : data.stop - data.start])
     if shard:
-        acc, sums, mean_sum = _gather_rows(acc, sums, mean_sum, [blocks[i] for i in mine], len(x))
-    out = [acc - math.log(num_samples), sums[0] / num_samples, sums[1] / num_samples, sums[2] / num_samples, mean_sum / num_samples]
+        acc, sums, mean_sum, square_sum = _gather_rows(acc, sums, mean_sum, square_sum, [blocks[i] for i in mine], len(x))
+    mean = mean_sum / num_samples
+    # the sample variance of each point's K draws over K: the noise in its posterior-mean estimate
+    noise = ((square_sum - num_samples * mean.square()) / (num_samples - 1)).clamp(min=0) / num_samples if num_samples > 1 else None
+    out = [acc - math.log(num_samples), sums[0] / num_samples, sums[1] / num_samples, sums[2] / num_samples, mean]
     protocol = {
         "estimator": f"importance sampling: log (1/K) sum_k p(x, z_k) / q(z_k | x), K={num_samples} draws from the guide per point",
         "num_samples": num_samples,
@@ -268,7 +281,7 @@ def log_likelihood(
         protocol["ranks"] = world
     if block_seeds:
         protocol["draw_seeding"] = "per block of datapoints, from (seed, the block's first datapoint): the same for any number of ranks"
-    return LikelihoodResult(*(t.cpu() for t in out), num_samples, chunk_size, protocol)
+    return LikelihoodResult(*(t.cpu() for t in out), num_samples, chunk_size, protocol, None if noise is None else noise.cpu())
 
 
 def _model_enumerated(model, guide, x, num_samples: int, chunk_size: int, seed) -> LikelihoodResult:
@@ -345,18 +358,18 @@ def _enumerated(model, guide, x, num_samples: int, chunk_size: int, seed) -> Lik
     return LikelihoodResult(log_px.cpu(), elbo.cpu(), nan.cpu(), nan.cpu(), no_means.cpu(), num_samples, chunk_size, protocol)
 
 
-def _gather_rows(acc, sums, mean_sum, owned: list[slice], n: int):
+def _gather_rows(acc, sums, mean_sum, square_sum, owned: list[slice], n: int):
     """Every rank's rows (the blocks it drew) on every rank: one sum over the ranks, other rows being zero."""
     mask = torch.zeros(n, dtype=torch.bool, device=acc.device)
     for data in owned:
         mask[data] = True
     dim = distributed.broadcast_object(None if mean_sum is None else mean_sum.shape[-1])  # rank 0 drew block 0
     if mean_sum is None:
-        mean_sum = acc.new_zeros((n, dim))
+        mean_sum, square_sum = acc.new_zeros((n, dim)), acc.new_zeros((n, dim))
     acc = torch.where(mask, acc, torch.zeros_like(acc))  # -inf elsewhere would poison the sum
-    buffer = torch.cat([acc[None], sums, mean_sum.T]).contiguous()
+    buffer = torch.cat([acc[None], sums, mean_sum.T, square_sum.T]).contiguous()
     buffer = distributed.all_reduce_(buffer * mask)
-    return buffer[0], buffer[1:4], buffer[4:].T.contiguous()
+    return buffer[0], buffer[1:4], buffer[4 : 4 + dim].T.contiguous(), buffer[4 + dim :].T.contiguous()
 
 
 def log_weights(
@@ -374,7 +387,7 @@ def log_weights(
 
 
 def _local_values(model_trace, guide_trace, k: int, b: int) -> torch.Tensor:
-    """Sum over the k particles of every local latent's value, flattened: ``(b, D)``."""
+    """Sums over the k particles of every local latent's value and of its square, flattened: two ``(b, D)``."""
     parts = []
     for name in latent_sites(model_trace):
         site = guide_trace.nodes.get(name)
@@ -384,8 +397,9 @@ def _local_values(model_trace, guide_trace, k: int, b: int) -> torch.Tensor:
             continue
         v = site["value"]
         v = v.reshape((k, b, -1)) if k > 1 else v.reshape((1, b, -1))
-        parts.append(v.sum(0))
-    return torch.cat(parts, -1)
+        parts.append(v)
+    values = torch.cat(parts, -1)
+    return values.sum(0), values.square().sum(0)
 
 
 def evaluate(

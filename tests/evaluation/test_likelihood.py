@@ -269,3 +269,27 @@ def test_evaluate_returns_its_protocol_under_one_key():
     protocol = result["protocol"]
     assert (protocol["num_samples"], protocol["seed"], protocol["datapoints"]) == (7, 3, 30)
     assert "K=7" in protocol["estimator"] and protocol["global_latents"] == "none" and protocol["threads"] >= 1
+
+
+def test_active_units_do_not_count_the_noise_of_k_draws():
+    """A unit is active when Cov_x(E_q[z_u | x]) > 0.01: a collapsed unit (q = N(0, 1) for every x) has zero, however
+    few draws K estimate E_q[z | x] (their noise, Var_q / K = 0.02 at K = 50, once passed the threshold)."""
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_gen import Latent, LatentModel, make_likelihood
+    from pyro_gen.evaluation import log_likelihood
+
+    torch.manual_seed(0)
+    model = LatentModel([Latent("z", shape=(3,))], torch.nn.Linear(3, 4), make_likelihood("gaussian", data_shape=(4,)), (4,))
+    x = torch.randn(400, 4)
+
+    def guide(x, **kwargs):  # unit 0 reads x (Var_x of its mean = 1), units 1 and 2 are collapsed
+        loc = torch.zeros(len(x), 3)
+        loc[:, 0] = x[:, 0]
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+    for k in (10, 50, 200):
+        assert log_likelihood(model, guide, x, num_samples=k, seed=0).active_units == 1
+    assert log_likelihood(model, guide, x, num_samples=1, seed=0).active_units is None  # one draw: not computable
