@@ -30,6 +30,7 @@ from pyro_gen.infer.traces import (
     DATA_PLATE,
     PARTICLE_PLATE,
     TraceTerms,
+    assemble_terms,
     auxiliary_sites,
     get_traces,
     plate_full_size,
@@ -182,18 +183,4 @@ def model_enumerated_terms(model, guide, x, num_particles: int = 1, **kwargs) ->
     summed = summed.expand(num_particles, summed.shape[-1])
     if batch_size is None:
         batch_size, data_size = summed.shape[-1], summed.shape[-1]
-    log_lik = sum(lik, summed)
-
-    def total(terms, like):
-        return sum(terms[1:], terms[0]) if terms else torch.zeros_like(like)
-
-    zero_global = log_lik.new_zeros(num_particles)
-    return TraceTerms(
-        log_likelihood=log_lik,
-        log_prior_local=total(prior_l, log_lik),
-        log_q_local=total(q_l, log_lik),
-        log_prior_global=total(prior_g, zero_global),
-        log_q_global=total(q_g, zero_global),
-        batch_size=batch_size,
-        data_size=data_size,
-    )
+    return assemble_terms([summed, *lik], prior_l, q_l, prior_g, q_g, batch_size, data_size)

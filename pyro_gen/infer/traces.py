@@ -398,11 +398,18 @@ def trace_terms(model_trace, guide_trace) -> TraceTerms:
         q_value, local = reduce_site(gsite, gsite["fn"].log_prob(gsite["value"]))
         (q_l if local else q_g).append(q_value)
 
+    if not lik or batch_size is None:
+        raise SiteMismatchError("the model has no observed site inside a 'data' plate; pyro_gen needs one to score data")
+    return assemble_terms(lik, prior_l, q_l, prior_g, q_g, batch_size, data_size)
+
+
+def assemble_terms(lik: list, prior_l: list, q_l: list, prior_g: list, q_g: list, batch_size: int, data_size: int) -> TraceTerms:
+    """:class:`TraceTerms` from lists of per-site terms (``lik`` not empty): local ``(P, B)``, global ``(P,)``; an empty
+    list is zeros of the right shape."""
+
     def total(terms, like):
         return sum(terms[1:], terms[0]) if terms else torch.zeros_like(like)
 
-    if not lik or batch_size is None:
-        raise SiteMismatchError("the model has no observed site inside a 'data' plate; pyro_gen needs one to score data")
     log_lik = total(lik, None)
     zero_global = log_lik.new_zeros(log_lik.shape[0])
     return TraceTerms(
