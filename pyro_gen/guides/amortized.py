@@ -210,10 +210,12 @@ class AmortizedGuide(nn.Module):
         support = self.supports[i]
         shape = unconstrained_shape(support, lat.shape) if support is not constraints.real else lat.shape
         transforms = []
+        # cached (cache_size=1): scoring a draw then inverts each transform to the very tensor it was given, which a
+        # planar or radial layer (no inverse: it finds its input in its own cache, by identity) needs
         if len(shape) != 1:
-            transforms.append(torch.distributions.transforms.ReshapeTransform((math.prod(shape),), shape))
+            transforms.append(torch.distributions.transforms.ReshapeTransform((math.prod(shape),), shape, cache_size=1))
         if support is not constraints.real:
-            transforms.append(biject_to(support))
+            transforms.append(biject_to(support).with_cache(1))
         if not transforms:
             return q
         if isinstance(q, dist.TransformedDistribution):  # a flow: one chain of transforms
