@@ -135,6 +135,12 @@ class FlowFamily(Family):
     # -- checks ---------------------------------------------------------------------------------
     def check(self, config) -> None:
         m = config.model
+        defaults = FlowModelConfig()
+        if m.architecture != "spline" and (m.bins != defaults.bins or m.bound != defaults.bound):
+            raise ConfigError(
+                f"model.bins and model.bound shape spline couplings, and model.architecture is {m.architecture}: "
+                "set model.architecture=spline or remove them"
+            )
         if m.architecture == "glow" and m.norm != "actnorm":
             raise ConfigError(
                 f"model.norm: {m.norm} sets Real NVP's normalization layers; Glow's steps always begin with actnorm: "

@@ -114,6 +114,7 @@ def test_the_command_line_trains_evaluates_and_samples_a_flow(tmp_path, capsys):
         ({"data": {"name": "ring8"}, "model": {"kind": "flow", "architecture": "spline", "bins": 1}}, "model.bins must be"),
         ({"data": {"name": "ring8"}, "model": {"kind": "flow", "architecture": "spline", "bound": 0}}, "model.bound must be"),
         ({"train": {"batch_size": 1000, "epochs": 1}}, "larger than the 64 training points"),
+        ({"model": {"kind": "flow", "bins": 32}}, "model.bins and model.bound shape spline couplings"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line_before_anything_is_written(change, message, tmp_path):
