@@ -138,8 +138,7 @@ def main(argv=None):
     )
     print(
         f"\nTest images via {source}; chunk_size {args.chunk_size}; {args.rounds} alternating rounds after one warm-up call; "
-        f"clock: {args.clock}. Max |library - torch| per output on the same draws: "
-        + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
+        f"clock: {args.clock}. Max |library - torch| per output on the same draws: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
     )
 
 
