@@ -218,19 +218,32 @@ def fit_with_trainer(trainer, train, valid, run: RunDir, resume: bool) -> list[d
     return trainer.fit(train, valid, resume=resume)
 
 
-def restore(model, guide, ckpt: dict, path, x) -> None:
+def restore(model, guide, ckpt: dict, path, x=None) -> None:
     """Load a checkpoint's weights into ``model`` and ``guide`` (eval mode), refusing broken ones.
 
     A forward pass on ``x`` (two datapoints) first creates the guide's lazy parameters (autoguides),
-    which a ``load_state_dict`` needs to exist.
+    which a ``load_state_dict`` needs to exist. A model fitted without a guide (``guide=None``: an
+    explicit density) has no lazy parameters, and ``x`` is not needed.
     """
     from pyro_gen.infer.trainer import initialize
 
-    initialize(model, guide, x[:2])
+    if guide is not None:
+        initialize(model, guide, x[:2])
     model.load_state_dict(ckpt["model"])
-    guide.load_state_dict(ckpt["guide"])
-    check_finite_weights(path, model, guide)
-    model.eval(), guide.eval()
+    if guide is not None:
+        guide.load_state_dict(ckpt["guide"])
+    check_finite_weights(path, *(m for m in (model, guide) if m is not None))
+    for m in (model, guide):
+        if m is not None:
+            m.eval()
+
+
+def check_batch_size(config, n: int, what: str = "training points") -> None:
+    """Refuse a ``train.batch_size`` larger than the ``n`` training datapoints, before anything is written."""
+    if config.train.batch_size > n:
+        raise ConfigError(
+            f"train.batch_size {config.train.batch_size} is larger than the {n} {what}: lower train.batch_size or raise data.train_size"
+        )
 
 
 def check_finite_weights(path, *modules) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from pyro_gen.config import EvalConfig, setting, size, widths
 from pyro_gen.errors import ConfigError, TrainingDivergedError
-from pyro_gen.families.base import Family, Scores, check_finite_weights, epochs_record, fit_with_trainer, make_trainer
+from pyro_gen.families.base import Family, Scores, check_batch_size, epochs_record, fit_with_trainer, make_trainer, restore
 from pyro_gen.io import atomic_path
 from pyro_gen.rng import seeded
 from pyro_gen.run.data import count_parameters, fixed_test_data
@@ -164,11 +164,7 @@ class FlowFamily(Family):
             )
         if len(shape) not in (1, 3):
             raise ConfigError(f"a flow density models vectors (D,) or images (C, H, W), but {name!r} has points of shape {shape}")
-        if config.train.batch_size > len(train):
-            raise ConfigError(
-                f"train.batch_size {config.train.batch_size} is larger than the {len(train)} training points: "
-                "lower train.batch_size or raise data.train_size"
-            )
+        check_batch_size(config, len(train))
         if config.model.norm == "batch" and config.train.batch_size < 2:
             raise ConfigError("model.norm: batch estimates statistics over each batch, which needs train.batch_size >= 2")
         self.build(config, shape)  # the architecture's own refusals (an odd image size for a squeeze, ...), before any file is written
@@ -198,9 +194,7 @@ class FlowFamily(Family):
         splits = self.load_data(config)
         ckpt, name = run.load_checkpoint(run.BEST, device)
         model = self.build(config, tuple(splits["train"].event_shape)).to(device)
-        model.load_state_dict(ckpt["model"])
-        check_finite_weights(run.path / name, model)
-        model.eval()
+        restore(model, None, ckpt, run.path / name)
         return model, None, splits, name
 
     # -- commands -------------------------------------------------------------------------------

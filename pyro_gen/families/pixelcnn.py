@@ -20,7 +20,7 @@ import torch
 
 from pyro_gen.config import size
 from pyro_gen.errors import ConfigError, TrainingDivergedError
-from pyro_gen.families.base import Family, Scores, check_finite_weights, epochs_record, fit_with_trainer, make_trainer
+from pyro_gen.families.base import Family, Scores, check_batch_size, epochs_record, fit_with_trainer, make_trainer, restore
 from pyro_gen.rng import seeded
 from pyro_gen.run.data import count_parameters, fixed_test_data
 
@@ -138,11 +138,7 @@ class PixelCNNFamily(Family):
                 f"model.conditional: true conditions the PixelCNN on class labels, but {name!r} has no labels in its train split: "
                 "set model.conditional=false or use a labelled dataset (digits, mnist)"
             )
-        if config.train.batch_size > len(train):
-            raise ConfigError(
-                f"train.batch_size {config.train.batch_size} is larger than the {len(train)} training images: "
-                "lower train.batch_size or raise data.train_size"
-            )
+        check_batch_size(config, len(train), "training images")
 
     # -- building -------------------------------------------------------------------------------
     def build(self, config, splits):
@@ -157,9 +153,7 @@ class PixelCNNFamily(Family):
         splits = self.load_data(config)
         ckpt, name = run.load_checkpoint(run.BEST, device)
         model = self.build(config, splits).to(device)
-        model.load_state_dict(ckpt["model"])
-        check_finite_weights(run.path / name, model)
-        model.eval()
+        restore(model, None, ckpt, run.path / name)
         return model, None, splits, name
 
     # -- commands -------------------------------------------------------------------------------

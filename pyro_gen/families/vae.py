@@ -24,7 +24,7 @@ import torch
 
 from pyro_gen.config import HUGE, EvalConfig, setting, size, widths
 from pyro_gen.errors import ConfigError
-from pyro_gen.families.base import Family, Scores, epochs_record, finite, fit_with_trainer, make_trainer, restore
+from pyro_gen.families.base import Family, Scores, check_batch_size, epochs_record, finite, fit_with_trainer, make_trainer, restore
 from pyro_gen.rng import seeded
 from pyro_gen.run.data import count_parameters, fixed_test_data
 
@@ -189,11 +189,7 @@ class VAEFamily(Family):
                 f"model.net: conv needs images (C, H, W), but {config.data.name!r} has points of shape {tuple(train.event_shape)}: "
                 "use model.net=mlp"
             )
-        if config.train.batch_size > len(train):
-            raise ConfigError(
-                f"train.batch_size {config.train.batch_size} is larger than the {len(train)} training points: "
-                "lower train.batch_size or raise data.train_size"
-            )
+        check_batch_size(config, len(train))
 
     # -- building -------------------------------------------------------------------------------
     def build(self, config, data_shape):
