@@ -113,6 +113,19 @@ class LevelGrid(constraints.Constraint):
 
 
 # -- sampling -------------------------------------------------------------------------------------
+def _image_setting(data_shape, levels: int, owner: str) -> tuple:
+    """``(data_shape, levels)`` checked: single-channel images ``(1, H, W)`` and at least 2 levels."""
+    data_shape = tuple(data_shape)
+    if len(data_shape) != 3 or data_shape[0] != 1 or min(data_shape) < 1:
+        raise ConfigError(
+            f"{owner} models single-channel images: data_shape must be (1, H, W), got {data_shape}; "
+            "declare image-shaped data (e.g. (1, 28, 28))"
+        )
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ConfigError(f"levels must be an integer >= 2 (2: Bernoulli pixels), got {levels!r}")
+    return data_shape, levels
+
+
 def _draw(logits: torch.Tensor, u: torch.Tensor, levels: int) -> torch.Tensor:
     """A pixel's level from its logits ``(N, out)`` and uniforms ``u`` ``(N,)`` by the inverse CDF.
 
@@ -289,11 +302,7 @@ class PixelCNN(nn.Module):
         obs_name: str = "x",
     ):
         super().__init__()
-        data_shape = tuple(data_shape)
-        if len(data_shape) != 3 or data_shape[0] != 1 or min(data_shape) < 1:
-            raise ConfigError(f"a PixelCNN models single-channel images: data_shape must be (1, H, W), got {data_shape}")
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-            raise ConfigError(f"levels must be an integer >= 2 (2: Bernoulli pixels), got {levels!r}")
+        data_shape, levels = _image_setting(data_shape, levels, "a PixelCNN")
         self.data_shape, self.levels, self.obs_name, self.num_classes = data_shape, levels, obs_name, num_classes
         self.network = GatedPixelCNN(
             1 if levels == 2 else levels, channels, layers, first_kernel, kernel, head=head, num_classes=num_classes
@@ -388,14 +397,7 @@ class PixelCNNLikelihood(Likelihood):
         head: int | None = None,
     ):
         super().__init__()
-        data_shape = tuple(data_shape)
-        if len(data_shape) != 3 or data_shape[0] != 1:
-            raise ConfigError(
-                f"the pixelcnn likelihood models single-channel images: data_shape must be (1, H, W), got {data_shape}; "
-                "declare the LatentModel with image-shaped data (e.g. (1, 28, 28))"
-            )
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-            raise ConfigError(f"levels must be an integer >= 2 (2: Bernoulli pixels), got {levels!r}")
+        data_shape, levels = _image_setting(data_shape, levels, "the pixelcnn likelihood")
         self.data_shape, self.levels = data_shape, levels
         self.params_per_value = cond_channels  # the decoder's outputs per pixel: the conditioning feature map
         self.network = GatedPixelCNN(
