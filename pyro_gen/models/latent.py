@@ -40,6 +40,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions import register_kl
 
 from pyro_gen.errors import ConfigError, DataError
 from pyro_gen.models.checks import check_batch, check_data_tensor, check_finite, values_already_checked
@@ -48,6 +49,23 @@ from pyro_gen.models.likelihoods import Likelihood
 DATA_PLATE = "data"
 #: The parent name by which a latent's prior reads the class labels of a conditional model (``num_classes``).
 LABELS = "y"
+
+
+class StandardNormal(dist.Normal):
+    """``Normal(0, 1)`` elementwise: the prior of a latent declared without one (``loc`` and ``scale`` are the
+    model's zero and one buffers, of the latent's shape).
+
+    Its own type only so that the KL of a Normal against it is the closed form without the general
+    formula's divisions by the unit scale (:func:`_kl_normal_standard`): 4 fewer tensor operations in each of
+    the forward and backward passes of every VAE step. The type survives ``expand`` (Pyro's plate broadcast),
+    so the traced and the direct paths both take it.
+    """
+
+
+@register_kl(torch.distributions.Normal, StandardNormal)
+def _kl_normal_standard(p, q) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) = (mu^2 + sigma^2 - 1) / 2 - log sigma, elementwise."""
+    return 0.5 * (p.loc.pow(2) + p.scale.pow(2) - 1.0) - p.scale.log()
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,6 +228,14 @@ def as_latent_distribution(lat: Latent, d) -> dist.Distribution:
     return d
 
 
+def _check_standard_priors(state_dict, prefix, *args) -> None:
+    """A checkpoint's default-prior locations must be the zeros they are by construction (the closed-form KL
+    against :class:`StandardNormal` assumes them)."""
+    for key, value in state_dict.items():
+        if key.startswith(prefix + "_prior_loc_") and torch.is_tensor(value) and bool(value.any()):
+            raise DataError(f"checkpoint entry {key!r} is not zero: the default N(0, I) prior has no location to load; the checkpoint is not this model's")
+
+
 class LatentModel(nn.Module):
     """A Pyro program built from a declaration of latents, a decoder and a likelihood.
 
@@ -308,6 +334,8 @@ class LatentModel(nn.Module):
                 # not persistent, so checkpoints keep their keys
                 self.register_buffer(f"_prior_scale_{i}", torch.ones(lat.shape), persistent=False)
         self._moved_priors: dict = {}
+        self._standard_priors: dict = {}  # index -> (the loc buffer it was built on, N(0, I))
+        self._register_load_state_dict_pre_hook(_check_standard_priors)
 
     # -- declaration queries -------------------------------------------------
     @property
@@ -345,8 +373,13 @@ class LatentModel(nn.Module):
         """
         lat = self.latents[index]
         if lat.prior is None:
-            loc, scale = getattr(self, f"_prior_loc_{index}"), getattr(self, f"_prior_scale_{index}")
-            return dist.Normal(loc, scale, validate_args=False).to_event(len(lat.shape))
+            loc = getattr(self, f"_prior_loc_{index}")
+            cached = self._standard_priors.get(index)
+            # rebuilt only when .to() / .double() replaced the buffers: a constant, built once per step otherwise
+            if cached is None or cached[0] is not loc:
+                prior = StandardNormal(loc, getattr(self, f"_prior_scale_{index}"), validate_args=False).to_event(len(lat.shape))
+                cached = self._standard_priors[index] = (loc, prior)
+            return cached[1]
         if not isinstance(lat.prior, torch.distributions.Distribution):
             parents = [labels if i < 0 else values[i] for i in self.parents_of(index)] if lat.parents else []
             if any(v is None for v in parents):

@@ -214,3 +214,32 @@ def test_factor_analysis_generates_from_its_marginal():
     expected = W_TRUE @ W_TRUE.T + torch.diag(PSI_TRUE**2)
     assert (torch.cov(x.T) - expected).abs().max() < 0.1
     assert (x.mean(0) - MU_TRUE).abs().max() < 0.05
+
+
+def test_standard_normal_prior_kl_is_the_general_normal_kl():
+    """The closed form against the default N(0, I) prior equals torch's general Normal-Normal KL (independent
+    formula), survives Pyro's plate expansion, and the Independent wrapper dispatches to it."""
+    from torch.distributions.kl import _kl_normal_normal
+
+    from pyro_gen.models.latent import StandardNormal
+
+    torch.manual_seed(0)
+    model = vae((8,), latent_dim=3, hidden=(4,))
+    prior = model.prior(0)
+    assert isinstance(prior.base_dist, StandardNormal) and model.prior(0) is prior  # built once
+    q = dist.Normal(torch.randn(5, 3), torch.rand(5, 3) + 0.1).to_event(1)
+    expanded = prior.expand((5,))
+    assert isinstance(expanded.base_dist, StandardNormal)
+    general = _kl_normal_normal(q.base_dist, dist.Normal(torch.zeros(5, 3), torch.ones(5, 3))).sum(-1)
+    assert torch.allclose(torch.distributions.kl_divergence(q, expanded), general, atol=1e-6)
+
+
+def test_default_prior_follows_the_model_to_another_dtype_and_refuses_a_non_zero_location():
+    model = vae((8,), latent_dim=3, hidden=(4,))
+    assert model.prior(0).mean.dtype == torch.float32
+    model.double()
+    assert model.prior(0).mean.dtype == torch.float64  # rebuilt on the moved buffers, not the cached float32 one
+    state = model.state_dict()
+    state["_prior_loc_0"] = torch.ones_like(state["_prior_loc_0"])
+    with pytest.raises(DataError, match="_prior_loc_0"):
+        model.load_state_dict(state)
