@@ -233,7 +233,9 @@ def _check_standard_priors(state_dict, prefix, *args) -> None:
     against :class:`StandardNormal` assumes them)."""
     for key, value in state_dict.items():
         if key.startswith(prefix + "_prior_loc_") and torch.is_tensor(value) and bool(value.any()):
-            raise DataError(f"checkpoint entry {key!r} is not zero: the default N(0, I) prior has no location to load; the checkpoint is not this model's")
+            raise DataError(
+                f"checkpoint entry {key!r} is not zero: the default N(0, I) prior has no location to load; the checkpoint is not this model's"
+            )
 
 
 class LatentModel(nn.Module):
