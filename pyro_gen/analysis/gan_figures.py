@@ -68,11 +68,17 @@ def write_gan_figures(
     out_dir = Path(out_dir)
     if len(sampler.data_shape) == 1:
         return [scatter_samples(samples, real, data_name, out_dir / "samples.png")]
-    paths = [save_image_grid(samples[:64], out_dir / "samples.png", nrow=8)]
-    paths.append(save_image_grid(gan_interpolation(sampler, seed=seed), out_dir / "interpolation.png", nrow=8))
+    paths = [save_image_grid(samples[:64], out_dir / "samples.png", nrow=8, title=f"64 generator samples ({data_name}), as scored")]
+    title = "generator interpolation: the images along a straight line between two latent codes, one pair per row"
+    paths.append(save_image_grid(gan_interpolation(sampler, seed=seed), out_dir / "interpolation.png", nrow=8, title=title))
     if arithmetic is not None:
         rows = torch.cat([arithmetic.sources[:, None], arithmetic.images], dim=1)  # (rows, 1 + classes, ...)
-        paths.append(save_image_grid(rows.flatten(0, 1), out_dir / "arithmetic.png", nrow=rows.shape[0]))
+        title = (
+            "latent arithmetic: a source sample (first column), then its code moved to each class 0, 1, ... "
+            f"(class vectors: mean codes by the classifier's label; {arithmetic.target_accuracy:.0%} classified as their target)"
+        )
+        paths.append(save_image_grid(rows.flatten(0, 1), out_dir / "arithmetic.png", nrow=rows.shape[0], title=title))
     if sampler.num_classes is not None:
-        paths.append(save_image_grid(class_grid(sampler, rows=8, seed=seed), out_dir / "classes.png", nrow=8))
+        title = f"conditional generator: one latent code per row, the labels 0..{sampler.num_classes - 1} across"
+        paths.append(save_image_grid(class_grid(sampler, rows=8, seed=seed), out_dir / "classes.png", nrow=8, title=title))
     return paths

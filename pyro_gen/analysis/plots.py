@@ -9,6 +9,7 @@ out, closed); the functions that build a figure with text on it (``*_figure``) r
 so that what it says can be checked before it is written.
 """
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +73,27 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
     return grid[0] if c == 1 else grid.permute(1, 2, 0)
 
 
-def save_image_grid(images: torch.Tensor, path, nrow: int | None = None) -> Path:
-    """Write images as one PNG grid (atomically)."""
+def save_image_grid(images: torch.Tensor, path, nrow: int | None = None, title: str | None = None) -> Path:
+    """Write images as one PNG grid (atomically).
+
+    :param title: what the grid shows (the model, how the images were drawn), written above it; without
+        one the PNG is the bare grid, pixel for pixel.
+    """
     if images.dim() != 4:
         raise ValueError(f"image grids need (N, C, H, W) images, got shape {tuple(images.shape)}")
     nrow = nrow or max(1, int(len(images) ** 0.5))
-    return _save_png(image_grid(_enlarged(images), nrow).numpy(), path)
+    array = image_grid(_enlarged(images), nrow).numpy()
+    if not title:
+        return _save_png(array, path)
+    plt = pyplot()
+    # two screen pixels per image pixel, and room for a title of up to two lines
+    height, width = array.shape[:2]
+    fig = plt.figure(figsize=(max(2 * width / 100, 4.0), 2 * height / 100 + 0.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(array, cmap=None if array.ndim == 3 else "gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(textwrap.fill(title, 60), fontsize=9)
+    return save_figure(fig, path)
 
 
 def _enlarged(images: torch.Tensor) -> torch.Tensor:
@@ -211,14 +227,16 @@ def write_figures(model, guide, x_test: torch.Tensor, run_dir, seed: int = 0) ->
         x_test = x_test.to(device)
         if not _is_image(model):
             return [_scatter(model, x_test, run_dir / "samples.png")]
-        paths = [save_image_grid(sample_images(model, 64), run_dir / "samples.png", nrow=8)]
+        title = "64 draws from the model: the likelihood's mean at z ~ p(z)"
+        paths = [save_image_grid(sample_images(model, 64), run_dir / "samples.png", nrow=8, title=title)]
         x = x_test[:8]
         recon = reconstructions(model, guide, x)
         figure = image_rows_figure([x, recon], ["input", "reconstruction"], title="one posterior draw per input, decoded")
         paths.append(save_figure(figure, run_dir / "reconstructions.png"))
         if len(model.local_latents) == 1 and len(x_test) >= 2:
             rows = [interpolate(model, guide, x_test[2 * i], x_test[2 * i + 1], steps=10) for i in range(min(4, len(x_test) // 2))]
-            paths.append(save_image_grid(torch.cat(rows), run_dir / "interpolation.png", nrow=len(rows)))
+            title = "latent interpolation between two test images per row: the likelihood's mean along the line between their posteriors"
+            paths.append(save_image_grid(torch.cat(rows), run_dir / "interpolation.png", nrow=len(rows), title=title))
     return paths
 
 

@@ -281,7 +281,8 @@ class FlowFamily(Family):
 
         with seeded(seed, x.device), torch.no_grad():
             if model.levels is not None:
-                paths = [save_image_grid(model.sample(64).cpu(), out / "samples.png", nrow=8)]
+                title = f"64 exact samples of the flow ({config.data.name}), quantized to its {model.levels} levels"
+                paths = [save_image_grid(model.sample(64).cpu(), out / "samples.png", nrow=8, title=title)]
                 pairs = min(INTERPOLATION_PAIRS, len(x) // 2)
                 if pairs:
                     g = torch.Generator().manual_seed(seed)
@@ -315,7 +316,8 @@ class FlowFamily(Family):
         with seeded(seed), torch.no_grad():
             if model.levels is not None:
                 num = num or 64
-                return [save_image_grid(model.sample(num), out, nrow=max(1, int(math.sqrt(num))))]
+                title = f"{num} exact samples of the flow ({config.data.name}, seed {seed}), quantized to its {model.levels} levels"
+                return [save_image_grid(model.sample(num), out, nrow=max(1, int(math.sqrt(num))), title=title)]
             points = model.sample(num or config.eval.samples)
         real = fixed_test_data(splits["test"], config.data.seed)
         png = scatter_samples(points, real, config.data.name, out.with_suffix(".png"), title=f"flow samples over {config.data.name}")

@@ -471,7 +471,8 @@ class GANFamily(Family):
         if len(gan_run.generator.data_shape) == 3:
             num = num or 64
             images = draw_samples(gan_run.sampler, num, seed)
-            return [save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))))]
+            title = f"{num} generator samples ({config.data.name}, seed {seed})"
+            return [save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))), title=title)]
         points = draw_samples(gan_run.sampler, num or NUM_SAMPLES, seed)
         png = scatter_samples(points, fixed_test_data(gan_run.splits["test"], config.data.seed), config.data.name, out.with_suffix(".png"))
         npy = out.with_suffix(".npy")

@@ -216,15 +216,15 @@ class PixelCNNFamily(Family):
         )
         run.write_scores(record)
         if options.figures if options.figures is not None else config.eval.images:
-            self._write_samples(model, run.path / "samples.png", 64, config.train.seed)
+            self._write_samples(model, run.path / "samples.png", 64, config.train.seed, config.data.name)
         return record
 
     def sample(self, config, run, num, out, seed) -> list[Path]:
         model, _, _, _ = self.load(config, run)
-        return [self._write_samples(model, out, num or 64, seed)]
+        return [self._write_samples(model, out, num or 64, seed, config.data.name)]
 
     @staticmethod
-    def _write_samples(model, out: Path, num: int, seed: int) -> Path:
+    def _write_samples(model, out: Path, num: int, seed: int, data_name: str) -> Path:
         """A grid of ``num`` autoregressive samples (a conditional model: the labels 0, 1, ... in turn)."""
         from pyro_gen.analysis import save_image_grid
 
@@ -232,7 +232,9 @@ class PixelCNNFamily(Family):
         y = None if model.num_classes is None else torch.arange(num, device=device) % model.num_classes
         with seeded(seed, device), torch.no_grad():
             images = model(batch_size=num, y=y)
-        return save_image_grid(images.cpu(), out, nrow=max(1, int(math.sqrt(num))))
+        kind = "" if y is None else f", labels 0..{model.num_classes - 1} in turn"
+        title = f"{num} autoregressive samples of the PixelCNN ({data_name}, seed {seed}{kind}): exact draws, one pixel at a time"
+        return save_image_grid(images.cpu(), out, nrow=max(1, int(math.sqrt(num))), title=title)
 
 
 @torch.no_grad()

@@ -299,7 +299,8 @@ class VAEFamily(Family):
             raise ConfigError(f"sample grids need image data (C, H, W); this model's data have shape {tuple(model.data_shape)}")
         with seeded(seed):
             images = sample_images(model, num)
-        return [save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))))]
+        title = f"{num} draws from the model ({config.data.name}, seed {seed}): the likelihood's mean at z ~ p(z)"
+        return [save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))), title=title)]
 
     def analyze(self, config, run, options) -> list[Path]:
         """The local posteriors ``q(z | x_n)`` of ``points`` test points (a seeded random draw) as InferenceData in

@@ -203,3 +203,20 @@ def test_write_gan_figures_for_images(digit_generator, tmp_path):
     paths = write_gan_figures(digit_generator, samples, samples, "digits", tmp_path, seed=0)
     assert [p.name for p in paths] == ["samples.png", "interpolation.png"]
     assert min(_png_size(tmp_path / "interpolation.png")) >= 8 * 32  # 8 rows of 10 enlarged 8x8 images
+
+
+def test_image_grid_is_the_bare_grid_without_a_title_and_a_labelled_figure_with_one(tmp_path):
+    import matplotlib.image
+
+    from pyro_gen.analysis import save_image_grid
+    from pyro_gen.analysis.plots import image_grid
+
+    images = torch.rand(4, 1, 28, 28)
+    bare = matplotlib.image.imread(save_image_grid(images, tmp_path / "bare.png", nrow=2))
+    expected = image_grid(images, 2).numpy()
+    assert bare.shape[:2] == expected.shape  # pixel for pixel, no margins
+    assert abs(bare[..., 0] - expected).max() < 2 / 255  # 8-bit quantization
+    titled = matplotlib.image.imread(save_image_grid(images, tmp_path / "titled.png", nrow=2, title="four draws, seed 0"))
+    assert titled.shape[0] > 2 * expected.shape[0]  # enlarged twice, with a title line above
+    top = titled[: titled.shape[0] // 10, ..., :3]
+    assert (top < 0.5).any()  # the title's dark glyphs on the white margin
