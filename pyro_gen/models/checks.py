@@ -12,7 +12,7 @@ from contextvars import ContextVar
 import numpy as np
 import torch
 
-from pyro_gen.errors import DataError
+from pyro_gen.errors import ConfigError, DataError
 
 _CHECKED_DATASET: ContextVar[bool] = ContextVar("pyro_gen_checked_dataset", default=False)
 
@@ -185,3 +185,19 @@ def check_finite(x: torch.Tensor, name: str = "the data") -> None:
         bad = int((~torch.isfinite(x)).sum())
         verb = "contain" if name.startswith("the ") else "contains"
         raise DataError(f"{name} {verb} {bad} NaN or infinite values; clean or impute the data before fitting")
+
+
+def check_class_labels(y, batch_size: int, num_classes: int) -> torch.Tensor:
+    """The class labels given to a model conditioned on them (``num_classes``): an integer tensor of shape
+    ``(batch_size,)`` with values in ``0..num_classes-1``; :class:`ConfigError` when missing, :class:`DataError`
+    when malformed. The one check of every conditional model (declared latent-variable models, PixelCNN)."""
+    if y is None:
+        raise ConfigError(
+            f"this model conditions on class labels (num_classes={num_classes}): pass y, one label per datapoint "
+            "(model(x, y=labels), model(batch_size=n, y=labels); a labelled dataset gives them to the trainer)"
+        )
+    if not torch.is_tensor(y) or y.shape != (batch_size,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise DataError(f"labels y must be an integer tensor of shape ({batch_size},), got {getattr(y, 'shape', type(y).__name__)}")
+    if bool(((y < 0) | (y >= num_classes)).any()):
+        raise DataError(f"labels y must lie in 0..{num_classes - 1} (num_classes={num_classes})")
+    return y

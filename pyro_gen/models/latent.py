@@ -43,7 +43,7 @@ from torch import nn
 from torch.distributions import register_kl
 
 from pyro_gen.errors import ConfigError, DataError
-from pyro_gen.models.checks import check_batch, check_data_tensor, check_finite, values_already_checked
+from pyro_gen.models.checks import check_batch, check_class_labels, check_data_tensor, check_finite, values_already_checked
 from pyro_gen.models.likelihoods import Likelihood
 
 DATA_PLATE = "data"
@@ -431,16 +431,7 @@ class LatentModel(nn.Module):
 
     def check_labels(self, y, batch_size: int) -> torch.Tensor:
         """The class labels a conditional model (``num_classes``) is given: integers in ``0..num_classes-1``, one per datapoint."""
-        if y is None:
-            raise ConfigError(
-                f"this model conditions on class labels (num_classes={self.num_classes}): pass y, one label per datapoint "
-                "(model(x, y=labels), model(batch_size=n, y=labels); a labelled dataset gives them to the trainer)"
-            )
-        if not torch.is_tensor(y) or y.shape != (batch_size,) or y.dtype.is_floating_point or y.dtype == torch.bool:
-            raise DataError(f"labels y must be an integer tensor of shape ({batch_size},), got {getattr(y, 'shape', type(y).__name__)}")
-        if bool(((y < 0) | (y >= self.num_classes)).any()):
-            raise DataError(f"labels y must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes})")
-        return y
+        return check_class_labels(y, batch_size, self.num_classes)
 
     def decode(self, *latent_values: torch.Tensor, y=None) -> torch.Tensor:
         """Run the decoder and shape its output to ``batch + data_shape``, or ``(params,) + batch + data_shape``.

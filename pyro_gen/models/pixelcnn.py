@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.errors import ConfigError, DataError
-from pyro_gen.models.checks import check_batch, check_finite, values_already_checked
+from pyro_gen.models.checks import check_batch, check_class_labels, check_finite, values_already_checked
 from pyro_gen.models.latent import DATA_PLATE
 from pyro_gen.models.likelihoods import Likelihood
 from pyro_gen.nn.pixelcnn import GatedPixelCNN
@@ -323,19 +323,6 @@ class PixelCNN(nn.Module):
     def distribution(self, y=None, batch_shape=None) -> PixelCNNDistribution:
         return PixelCNNDistribution(self.network, self.data_shape, self.levels, y=y, batch_shape=batch_shape)
 
-    def _labels(self, y, n: int):
-        if self.num_classes is None:
-            if y is not None:
-                raise ConfigError("this PixelCNN takes no labels (y): build it with num_classes=K to condition on them")
-            return None
-        if y is None:
-            raise ConfigError(f"this PixelCNN is conditioned on class labels (num_classes={self.num_classes}): pass y, one label per image")
-        if not torch.is_tensor(y) or y.shape != (n,) or y.is_floating_point() or y.dtype == torch.bool:
-            raise DataError(f"labels y must be an integer tensor of shape ({n},), got {getattr(y, 'shape', type(y).__name__)}")
-        if bool(((y < 0) | (y >= self.num_classes)).any()):
-            raise DataError(f"labels y must lie in 0..{self.num_classes - 1} (num_classes={self.num_classes})")
-        return y
-
     def forward(self, x: torch.Tensor | None = None, *, batch_size: int | None = None, data_size: int | None = None, y=None):
         # data_size is part of the models' shared call signature; with no global sites nothing is scaled by it
         if x is not None:
@@ -347,7 +334,9 @@ class PixelCNN(nn.Module):
             raise ConfigError("call the PixelCNN with images x, or with batch_size=n to draw n images")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer (the number of images to draw), got {batch_size!r}")
-        labels = self._labels(y, batch_size)
+        if self.num_classes is None and y is not None:
+            raise ConfigError("this PixelCNN takes no labels (y): build it with num_classes=K to condition on them")
+        labels = None if self.num_classes is None else check_class_labels(y, batch_size, self.num_classes)
         with pyro.plate(DATA_PLATE, batch_size, dim=-1):
             return pyro.sample(self.obs_name, self.distribution(y=labels, batch_shape=(batch_size,)), obs=x)
 
