@@ -178,15 +178,22 @@ def latent_line(start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Ten
     return (1 - t) * start[..., None, :] + t * end[..., None, :]
 
 
+def picture_kind(model) -> str:
+    """How :meth:`~pyro_gen.models.LatentModel.picture` shows x, for figure titles."""
+    lik = model.likelihood
+    return "one autoregressive draw of x" if lik is not None and not lik.has_mean else "the likelihood's mean"
+
+
 def _is_image(model) -> bool:
     return len(model.data_shape) == 3 and model.data_shape[0] in (1, 3)
 
 
 @torch.no_grad()
 def sample_images(model, n: int) -> torch.Tensor:
-    """Likelihood means of ``n`` fresh draws from the model."""
+    """``n`` fresh draws from the model, as pictures: the likelihood's mean at each z ~ p(z) (one draw of x for an
+    autoregressive likelihood, :meth:`~pyro_gen.models.LatentModel.picture`)."""
     params = model(batch_size=n)
-    return model.mean(params)
+    return model.picture(params)
 
 
 @torch.no_grad()
@@ -200,7 +207,7 @@ def reconstructions(model, guide, x: torch.Tensor) -> torch.Tensor:
     """Decode one posterior draw per datapoint: ``model`` conditioned on the guide's sample."""
     zs = [q.sample() for q in guide.posterior(x)]
     data = {lat.name: z for lat, z in zip(model.local_latents, zs)}
-    return model.mean(poutine.condition(model, data=data)(batch_size=len(x)))
+    return model.picture(poutine.condition(model, data=data)(batch_size=len(x)))
 
 
 @torch.no_grad()
@@ -214,7 +221,7 @@ def interpolate(model, guide, x_start: torch.Tensor, x_end: torch.Tensor, steps:
     z0, z1 = (posterior_means(guide, x[None])[0][0] for x in (x_start, x_end))
     path = latent_line(z0, z1, steps)
     name = model.local_latents[0].name
-    return model.mean(poutine.condition(model, data={name: path})(batch_size=steps))
+    return model.picture(poutine.condition(model, data={name: path})(batch_size=steps))
 
 
 @torch.no_grad()
@@ -227,15 +234,15 @@ def write_figures(model, guide, x_test: torch.Tensor, run_dir, seed: int = 0) ->
         x_test = x_test.to(device)
         if not _is_image(model):
             return [_scatter(model, x_test, run_dir / "samples.png")]
-        title = "64 draws from the model: the likelihood's mean at z ~ p(z)"
+        title = f"64 draws from the model: {picture_kind(model)} at z ~ p(z)"
         paths = [save_image_grid(sample_images(model, 64), run_dir / "samples.png", nrow=8, title=title)]
         x = x_test[:8]
         recon = reconstructions(model, guide, x)
-        figure = image_rows_figure([x, recon], ["input", "reconstruction"], title="one posterior draw per input, decoded")
+        figure = image_rows_figure([x, recon], ["input", "reconstruction"], title=f"one posterior draw per input: {picture_kind(model)}")
         paths.append(save_figure(figure, run_dir / "reconstructions.png"))
         if len(model.local_latents) == 1 and len(x_test) >= 2:
             rows = [interpolate(model, guide, x_test[2 * i], x_test[2 * i + 1], steps=10) for i in range(min(4, len(x_test) // 2))]
-            title = "latent interpolation between two test images per row: the likelihood's mean along the line between their posteriors"
+            title = f"latent interpolation between two test images per row: {picture_kind(model)} along the line between their posteriors"
             paths.append(save_image_grid(torch.cat(rows), run_dir / "interpolation.png", nrow=len(rows), title=title))
     return paths
 

@@ -30,7 +30,7 @@ from pyro_gen.run.data import count_parameters, fixed_test_data
 
 #: Default number of test points whose local posteriors ``analyze`` draws.
 ANALYZE_POINTS = 100
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "laplace", "poisson")
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "laplace", "poisson", "pixelcnn")
 
 
 @dataclass
@@ -39,6 +39,10 @@ class VAEModelConfig:
 
     ``prior``: ``normal`` (N(0, I)), ``learned``, ``mog:K`` or ``vamp:K`` (of the top latent); ``top_latent_dim``: a
     second latent level ``z2`` of that size above ``z`` (a two-level hierarchical VAE, site names ``z2``, ``z1``).
+    ``likelihood: pixelcnn`` (PixelVAE, Gulrajani et al. 2017; quantized images): the decoder outputs
+    ``pixelcnn_cond_channels`` feature maps that condition a gated PixelCNN of ``pixelcnn_layers`` layers of
+    ``pixelcnn_channels`` channels whose first (mask A) kernel is ``pixelcnn_first_kernel``: a small receptive
+    field keeps the latents in use (see :class:`~pyro_gen.models.pixelcnn.PixelCNNLikelihood`).
     """
 
     kind: str = "vae"
@@ -49,6 +53,10 @@ class VAEModelConfig:
     likelihood_scale: float | str = "learned"
     prior: str = "normal"
     top_latent_dim: int | None = size(None, high=100_000)
+    pixelcnn_channels: int = size(16, high=4096)
+    pixelcnn_layers: int = size(2, high=100)
+    pixelcnn_cond_channels: int = size(4, high=4096)
+    pixelcnn_first_kernel: int = size(5, high=99)
 
 
 @dataclass
@@ -189,6 +197,15 @@ class VAEFamily(Family):
                 f"model.net: conv needs images (C, H, W), but {config.data.name!r} has points of shape {tuple(train.event_shape)}: "
                 "use model.net=mlp"
             )
+        if config.model.likelihood == "pixelcnn":
+            from pyro_gen.data import dataset_info
+
+            shape, name = tuple(train.event_shape), config.data.name
+            if len(shape) != 3 or shape[0] != 1 or dataset_info(name, config.data.binarize).levels is None:
+                raise ConfigError(
+                    f"model.likelihood: pixelcnn models quantized single-channel images (1, H, W), but {name!r} holds points of "
+                    f"shape {shape}: choose binarized_mnist, digits, frey_faces or mnist, or another model.likelihood"
+                )
         check_batch_size(config, len(train))
 
     # -- building -------------------------------------------------------------------------------
@@ -199,7 +216,18 @@ class VAEFamily(Family):
 
         m = config.model
         likelihood = m.likelihood or resolve_likelihood(config)[0]
-        model = vae(data_shape, m.latent_dim, m.hidden, m.net, likelihood, m.likelihood_scale, m.prior, m.top_latent_dim)
+        options = None
+        if likelihood == "pixelcnn":
+            from pyro_gen.data import dataset_info
+
+            options = {
+                "levels": dataset_info(config.data.name, config.data.binarize).levels,
+                "channels": m.pixelcnn_channels,
+                "layers": m.pixelcnn_layers,
+                "cond_channels": m.pixelcnn_cond_channels,
+                "first_kernel": m.pixelcnn_first_kernel,
+            }
+        model = vae(data_shape, m.latent_dim, m.hidden, m.net, likelihood, m.likelihood_scale, m.prior, m.top_latent_dim, options)
         hidden = config.guide.hidden or m.hidden
         guide = make_guide(config.guide.name, model, hidden=hidden, net=m.net, global_guide=config.guide.global_guide)
         return model, guide
@@ -291,7 +319,7 @@ class VAEFamily(Family):
 
     def sample(self, config, run, num, out, seed) -> list[Path]:
         from pyro_gen.analysis import save_image_grid
-        from pyro_gen.analysis.plots import sample_images
+        from pyro_gen.analysis.plots import picture_kind, sample_images
 
         num = num or 64
         model, _, _, _ = self.load(config, run)
@@ -299,7 +327,7 @@ class VAEFamily(Family):
             raise ConfigError(f"sample grids need image data (C, H, W); this model's data have shape {tuple(model.data_shape)}")
         with seeded(seed):
             images = sample_images(model, num)
-        title = f"{num} draws from the model ({config.data.name}, seed {seed}): the likelihood's mean at z ~ p(z)"
+        title = f"{num} draws from the model ({config.data.name}, seed {seed}): {picture_kind(model)} at z ~ p(z)"
         return [save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))), title=title)]
 
     def analyze(self, config, run, options) -> list[Path]:

@@ -528,6 +528,13 @@ class LatentModel(nn.Module):
             )
         return pyro.sample(lat.name, self.prior(i))
 
+    def picture(self, params) -> torch.Tensor:
+        """What a sample grid, reconstruction or interpolation shows for decoder output ``params``: the likelihood's
+        mean (e.g. pixel probabilities), or one draw of x where the mean is not closed-form (autoregressive pixels)."""
+        if self.likelihood is not None and not self.likelihood.has_mean:
+            return self.observation(params).sample()
+        return self.mean(params)
+
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """The likelihood's mean for decoder output ``params`` (e.g. pixel probabilities)."""
         if self.likelihood is None:

@@ -32,6 +32,9 @@ class Likelihood(nn.Module):
     #: (:class:`pyro_gen.guides.amortized.InputTransform`): ``None`` (as they are), ``"log1p"``
     #: (counts, whose raw values span orders of magnitude) or ``"standardize"`` (real values).
     encoder_input: str | None = None
+    #: Whether :meth:`mean` is closed-form; pictures of a model whose likelihood has none (autoregressive pixels)
+    #: show one draw of x instead (:meth:`LatentModel.picture <pyro_gen.models.LatentModel.picture>`).
+    has_mean = True
 
     def validate(self, x: torch.Tensor) -> None:
         """Raise :class:`~pyro_gen.errors.DataError` when ``x`` has NaN / inf or is outside the support.

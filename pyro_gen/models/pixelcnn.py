@@ -388,6 +388,7 @@ class PixelCNNLikelihood(Likelihood):
         super().__init__()
         data_shape, levels = _image_setting(data_shape, levels, "the pixelcnn likelihood")
         self.data_shape, self.levels = data_shape, levels
+        self.has_mean = False  # pixels depend on each other: pictures show draws
         self.params_per_value = cond_channels  # the decoder's outputs per pixel: the conditioning feature map
         self.network = GatedPixelCNN(
             1 if levels == 2 else levels, channels, layers, first_kernel, kernel, head=head, cond_channels=cond_channels

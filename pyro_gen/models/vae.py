@@ -25,6 +25,7 @@ def vae(
     likelihood_scale="learned",
     prior: str = "normal",
     top_latent_dim: int | None = None,
+    likelihood_options: dict | None = None,
 ) -> LatentModel:
     """p(z) p(x | z) with a Normal (or learned) prior and an MLP or transposed-conv decoder; optionally two levels.
 
@@ -32,7 +33,8 @@ def vae(
     :param latent_dim: size of ``z``.
     :param hidden: hidden sizes; the MLP decoder mirrors them (``latent -> hidden[::-1] -> data``).
     :param net: ``"mlp"`` or ``"conv"``.
-    :param likelihood: ``bernoulli``, ``gaussian``, ``laplace``, ``continuous_bernoulli`` or ``poisson``.
+    :param likelihood: ``bernoulli``, ``gaussian``, ``laplace``, ``continuous_bernoulli``, ``poisson`` or ``pixelcnn``
+        (PixelVAE: an autoregressive likelihood conditioned on the decoder's feature maps).
     :param likelihood_scale: for Gaussian / Laplace: a number, ``"learned"`` or ``"decoder"``.
     :param prior: the prior of the top latent by name (:func:`~pyro_gen.models.priors.make_prior`):
         ``normal`` (N(0, I)), ``learned``, ``mog:K`` (a mixture of K Gaussians) or ``vamp:K`` (a VampPrior with K
@@ -40,9 +42,11 @@ def vae(
     :param top_latent_dim: a second level: ``z2`` of this size on top, and ``z1`` (``latent_dim``) drawn
         from ``N(mu(z2), sigma(z2))`` by an MLP with the first hidden width (a two-level hierarchical VAE,
         Sonderby et al. 2016); the decoder reads ``z1``.
+    :param likelihood_options: the ``pixelcnn`` likelihood's options (``levels``, ``channels``, ``layers``,
+        ``cond_channels``, ``first_kernel``, ...; :class:`~pyro_gen.models.pixelcnn.PixelCNNLikelihood`).
     """
     data_shape = tuple(data_shape)
-    lik = make_likelihood(likelihood, data_shape=data_shape, scale=likelihood_scale)
+    lik = make_likelihood(likelihood, data_shape=data_shape, scale=likelihood_scale, **(likelihood_options or {}))
     out = lik.params_per_value * math.prod(data_shape)
     if top_latent_dim is not None:
         if isinstance(top_latent_dim, bool) or not isinstance(top_latent_dim, int) or top_latent_dim < 1:
