@@ -114,6 +114,8 @@ class Family:
     :cvar compare_columns: the score keys ``compare`` tabulates (``compare`` varies ``guide.name``).
     :cvar example: a small config (nested dicts) that trains in seconds on offline data: the family's
         example, and what the contract test (``tests/run/test_families.py``) runs every command on.
+    :cvar bf16_refusal: why ``train.precision: bf16`` is refused for this family, or ``None`` where its
+        training steps run under bf16 autocast with its densities in float32 (:mod:`pyro_gen.infer.precision`).
     """
 
     name: str = ""
@@ -124,6 +126,7 @@ class Family:
     unsupported: dict[str, str] = {}
     compare_columns: tuple[str, ...] = ()
     example: dict = {}
+    bf16_refusal: str | None = "its training steps have not been made safe for bf16 autocast"
 
     # -- config ---------------------------------------------------------------------------------
     def check(self, config: RunConfig) -> None:
@@ -206,6 +209,7 @@ def make_trainer(config: RunConfig, model, guide, objective, run: RunDir | None,
         model, guide, objective, lr=t.lr, batch_size=t.batch_size, epochs=t.epochs, device=t.device, seed=t.seed,
         run_dir=None if run is None else run.path, patience=patience, progress=t.progress, clip_norm=t.clip_norm,
         lr_schedule=t.lr_schedule, threads="auto" if getattr(t, "threads", None) is None else t.threads,
+        precision=getattr(t, "precision", "float32"),
     )  # fmt: skip
 
 

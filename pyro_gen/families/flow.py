@@ -122,6 +122,7 @@ class FlowFamily(Family):
         "analyze": "'analyze' draws Bayesian diagnostics of a posterior, and a flow density infers none (no latent variables, "
         "its codes are exact): its test NLL is in metrics.json ('pyro-gen evaluate'), its density and samples in the run's figures",
     }
+    bf16_refusal = "a flow's layers are its density (each log-determinant would be computed in bfloat16)"
     example = {
         "data": {"name": "ring8", "train_size": 256, "valid_size": 64, "test_size": 100},
         "model": {"kind": "flow", "couplings": 2, "hidden": [16]},

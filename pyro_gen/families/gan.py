@@ -229,6 +229,7 @@ class GANFamily(Family):
         "likelihood): its sample scores are in metrics.json ('pyro-gen evaluate') and its samples in samples.png ('pyro-gen sample')",
     }
 
+    bf16_refusal = None  # networks in bf16, densities in float32 (pyro_gen.infer.precision)
     example = {
         "data": {"name": "ring8", "train_size": 256, "test_size": 100},
         "model": {"kind": "gan", "latent_dim": 2, "hidden": [16]},

@@ -119,6 +119,7 @@ class GMMFamily(Family):
     }
     compare_columns = ("guide", "test_log_likelihood", "train_log_likelihood", "parameters", "epochs", "seconds_per_epoch")
 
+    bf16_refusal = "a mixture has no networks to run in bfloat16"
     example = {
         "data": {"name": "iris"},
         "model": {"kind": "gmm", "components": 2},

@@ -86,6 +86,7 @@ class PixelCNNFamily(Family):
         "analyze": "'analyze' draws Bayesian diagnostics of a posterior, and a PixelCNN infers none (no latent variables): its "
         "exact test NLL is in metrics.json ('pyro-gen evaluate') and its samples in samples.png ('pyro-gen sample')",
     }
+    bf16_refusal = None  # networks in bf16, densities in float32 (pyro_gen.infer.precision)
     example = {
         "data": {"name": "digits", "train_size": 100, "valid_size": 30, "test_size": 30},
         "model": {"kind": "pixelcnn", "channels": 8, "layers": 2, "first_kernel": 3},

@@ -180,6 +180,7 @@ class VAEFamily(Family):
                 f"(the fewest draws whose tail can be fitted); got {k}"
             )
 
+    bf16_refusal = None  # networks in bf16, densities in float32 (pyro_gen.infer.precision)
     example = {
         "data": {"name": "digits", "binarize": "dynamic", "train_size": 100, "valid_size": 30, "test_size": 30},
         "model": {"latent_dim": 2, "hidden": [16]},

@@ -36,6 +36,7 @@ from torch import nn
 from torch.distributions import biject_to, constraints
 
 from pyro_gen.errors import ConfigError
+from pyro_gen.infer.precision import as_float32, autocast_active, float32_region
 from pyro_gen.models.checks import check_batch, check_data_tensor
 from pyro_gen.models.latent import LatentModel
 
@@ -188,7 +189,17 @@ class AmortizedGuide(nn.Module):
         return self.discrete_heads[0](self.encoder(x)).log_softmax(-1)
 
     def _q(self, i: int, h: torch.Tensor, values: dict) -> dist.TorchDistribution:
-        """q of the ``i``-th local latent given features ``h`` and the values sampled so far (by local index or name)."""
+        """q of the ``i``-th local latent given features ``h`` and the values sampled so far (by local index or name).
+
+        Under a bf16 training step (``train.precision``) the encoder's features arrive in bfloat16; q, its head and
+        flow layers included, is built in float32 so that log q and the KL are float32.
+        """
+        if autocast_active():
+            with float32_region():
+                return self._q_float32(i, as_float32(h), values)
+        return self._q_float32(i, h, values)
+
+    def _q_float32(self, i: int, h: torch.Tensor, values: dict) -> dist.TorchDistribution:
         lat, family = self.local_latents[i], self.families[i]
         if self._parents[i] or self.discrete or self.num_classes:
             parts = [h]

@@ -46,6 +46,7 @@ from torch import nn
 
 from pyro_gen.errors import ConfigError, DataError, TrainingDivergedError
 from pyro_gen.infer.objectives import Player, TraceObjective
+from pyro_gen.infer.precision import as_float32
 from pyro_gen.infer.traces import get_traces
 
 LOSSES = ("minimax", "non_saturating", "wgan_gp", "hinge")
@@ -227,7 +228,8 @@ class Adversarial(TraceObjective, nn.Module):
 
     def score(self, inputs: torch.Tensor, y: torch.Tensor | None = None, what: str = "data") -> torch.Tensor:
         """The critic's scores ``(B,)`` on (packed) inputs; raises on a wrong shape or a non-finite score."""
-        scores = self.critic(inputs) if y is None else self.critic(inputs, y)
+        # float32 scores: the losses (softplus, hinge) in float32 under a bf16 training step
+        scores = as_float32(self.critic(inputs) if y is None else self.critic(inputs, y))
         if scores.dim() == 2 and scores.shape[-1] == 1:
             scores = scores.squeeze(-1)
         if scores.shape != (len(inputs),):

@@ -32,6 +32,7 @@ Reliability (the run layer builds on these):
 """
 
 import contextlib
+import copy
 import hashlib
 import hmac
 import json
@@ -61,6 +62,7 @@ from pyro_gen.errors import (
     TrainingInterrupted,
 )
 from pyro_gen.infer.objectives import as_objective, make_objective
+from pyro_gen.infer.precision import check_precision, training_autocast
 from pyro_gen.infer.traces import check_sites, get_traces
 from pyro_gen.io import atomic_path, remove_stale_temporaries, run_lock, storage_error
 from pyro_gen.models.checks import check_data_tensor, check_labels, checked_dataset
@@ -108,8 +110,6 @@ class TensorBatches:
         of a single-process pass. ``len`` and :attr:`num_datapoints` stay global: the data plate is
         given the full data size.
         """
-        import copy
-
         out = copy.copy(self)
         out.rank, out.world = rank, world
         return out
@@ -610,6 +610,13 @@ class Trainer:
         integer sets it, ``"auto"`` chooses from the CPUs this process may use and the size of a step
         (:func:`choose_threads`); the count is restored after :meth:`fit` and recorded in every epoch's
         record (``threads``, with ``ranks``) and in :attr:`threads_choice`.
+    :param precision: ``"float32"`` (default) or ``"bf16"``: each training step's forward pass under bfloat16
+        autocast, with every density and the loss in float32 (:mod:`pyro_gen.infer.precision`); validation
+        and evaluation always run in float32.
+
+    **CUDA**: with ``device="cuda"`` a tensor dataset (without a per-batch transform) that takes at most a
+    quarter of the free GPU memory is moved to the GPU once, before the first epoch (:attr:`data_on_device`),
+    and its batches are sliced there; otherwise each batch is copied when it is used.
 
     **Data-parallel** (under ``torchrun``, see :mod:`pyro_gen.distributed`): :meth:`fit` joins the process
     group, gives each rank its slice of every global batch (:meth:`TensorBatches.shard`; the data plate
@@ -642,7 +649,9 @@ class Trainer:
         lr_schedule: str = "constant",
         divergence_factor: float | None = 100.0,
         threads: int | str | None = None,
+        precision: str = "float32",
     ):
+        self.precision = check_precision(precision)
         if not (threads is None or threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)):
             raise ConfigError(f"threads must be a positive integer, 'auto' or None (leave torch's setting), got {threads!r}")
         self.threads = threads
@@ -676,6 +685,8 @@ class Trainer:
         self._batch_count, self._stop, self._stop_all = 0, None, False
         # the data-parallel gradient reducer (built on the first distributed step, its hooks on the parameters)
         self._buckets = None
+        #: whether fit() moved its tensor data to the CUDA device once (see the class docstring)
+        self.data_on_device = False
 
     # -- helpers -------------------------------------------------------------
     def _modules(self) -> list[torch.nn.Module]:
@@ -718,9 +729,10 @@ class Trainer:
                 group["lr"] = group["initial_lr"] * factor
 
     def _step_loss(self, x, data_size, y=None):
-        if y is None:
-            return self.objective(self.model, self.guide, x, data_size=data_size)
-        return self.objective(self.model, self.guide, x, data_size=data_size, y=y.to(x.device))
+        with training_autocast(self.precision, self.device):
+            if y is None:
+                return self.objective(self.model, self.guide, x, data_size=data_size)
+            return self.objective(self.model, self.guide, x, data_size=data_size, y=y.to(x.device))
 
     @torch.no_grad()
     def evaluate_loss(self, batches, data_size=None) -> float:
@@ -824,7 +836,10 @@ class Trainer:
             where = f"at epoch {epoch + 1}, step {step + 1}"
             n = len(_first(batch))
             try:
-                loss = self.objective.player_loss(player.name, self.model, self.guide, batch, data_size) if n or self._world == 1 else None
+                with training_autocast(self.precision, self.device):
+                    loss = (
+                        self.objective.player_loss(player.name, self.model, self.guide, batch, data_size) if n or self._world == 1 else None
+                    )
             except TrainingDivergedError as e:  # e.g. the critic's scores became NaN
                 raise TrainingDivergedError(f"{e} ({where}); {self._kept()}") from None
             optimizer = self.optimizers[player.name]
@@ -999,6 +1014,21 @@ class Trainer:
         if flops is not None:
             self.threads_choice["step_flops"] = flops
 
+    def _resident(self, batches):
+        """``batches`` with its tensors moved to a CUDA device once, when they fit (a quarter of the free memory)
+        and no per-batch transform draws on the host generator (dynamic binarization); else ``batches``."""
+        if self.device.type != "cuda" or not isinstance(batches, TensorBatches) or batches.transform is not None:
+            return batches
+        size = batches.x.numel() * batches.x.element_size() + (0 if batches.y is None else batches.y.numel() * batches.y.element_size())
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if batches.x.device == self.device or size > free // 4:
+            return batches
+        moved = copy.copy(batches)
+        moved.x = batches.x.to(self.device)
+        moved.y = None if batches.y is None else batches.y.to(self.device)
+        self.data_on_device = True
+        return moved
+
     def _check_datasets_once(self, *batches) -> bool:
         """Validate whole data tensors up front; True when every batch will be an untransformed slice of one.
 
@@ -1065,6 +1095,7 @@ class Trainer:
                 valid_batches = valid_batches.shard(self._rank, self._world)
         for module in self._modules():
             module.to(self.device)
+        train_batches, valid_batches = self._resident(train_batches), self._resident(valid_batches)
         first_batch = next(iter(train_batches))
         first = _first(first_batch).to(self.device)
         initialize(

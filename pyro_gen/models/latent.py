@@ -43,6 +43,7 @@ from torch import nn
 from torch.distributions import register_kl
 
 from pyro_gen.errors import ConfigError, DataError
+from pyro_gen.infer.precision import as_float32, float32_region
 from pyro_gen.models.checks import check_batch, check_class_labels, check_data_tensor, check_finite, values_already_checked
 from pyro_gen.models.likelihoods import Likelihood
 
@@ -386,7 +387,8 @@ class LatentModel(nn.Module):
             parents = [labels if i < 0 else values[i] for i in self.parents_of(index)] if lat.parents else []
             if any(v is None for v in parents):
                 raise ConfigError(f"the prior of latent {lat.name!r} needs its parents' values {lat.parents}")
-            return as_latent_distribution(lat, lat.prior(*parents))
+            with float32_region():  # a learned prior's density in float32, also under a bf16 training step
+                return as_latent_distribution(lat, lat.prior(*parents))
         device = self._device()
         key = (index, device)
         if key not in self._moved_priors:
@@ -439,9 +441,12 @@ class LatentModel(nn.Module):
         The decoder's flat output per datapoint holds the first parameter of every value,
         then the second (e.g. all locations, then all scales).
         """
-        out = self.decoder(*latent_values) if y is None else self.decoder(*latent_values, y)
         if self.likelihood is None:
+            # the decoder builds its own distribution: all of it in float32, also under a bf16 training step
+            with float32_region():
+                out = self.decoder(*latent_values) if y is None else self.decoder(*latent_values, y)
             return self._check_distribution(out)
+        out = as_float32(self.decoder(*latent_values) if y is None else self.decoder(*latent_values, y))
         # the batch shape (particles and datapoints) of the local latents: the largest one's, since an
         # enumerated discrete latent is observed once per datapoint while the others carry particles
         batch = max(
@@ -477,7 +482,10 @@ class LatentModel(nn.Module):
 
     def observation(self, params) -> dist.Distribution:
         """The distribution of one batch of data given the decoder's output."""
-        return params if self.likelihood is None else self.likelihood(params, len(self.data_shape))
+        if self.likelihood is None:
+            return params
+        with float32_region():  # the likelihood's parameters and density in float32, also under a bf16 training step
+            return self.likelihood(params, len(self.data_shape))
 
     def forward(self, x: torch.Tensor | None = None, *, batch_size: int | None = None, data_size: int | None = None, y=None):
         if x is not None:

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.errors import ConfigError, DataError
+from pyro_gen.infer.precision import as_float32
 from pyro_gen.models.checks import check_batch, check_class_labels, check_finite, values_already_checked
 from pyro_gen.models.latent import DATA_PLATE
 from pyro_gen.models.likelihoods import Likelihood
@@ -254,7 +255,7 @@ class PixelCNNDistribution(dist.TorchDistribution):
             shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
             raise DataError(f"images must be shaped (..., {', '.join(map(str, self.event_shape))}), got {shape}")
         k = image_levels(value, self.levels)
-        logits = self.logits(value)
+        logits = as_float32(self.logits(value))  # the network may run in bf16 (train.precision); the density does not
         batch = logits.shape[:-3]
         k = k.expand(batch + self.event_shape)
         if self.levels == 2:

@@ -49,7 +49,10 @@ def check_config(config: RunConfig) -> None:
     """Refuse combinations of settings that cannot work, before any data is loaded or any file written."""
     if not isinstance(config, RunConfig):
         raise ConfigError(f"expected a RunConfig (pyro_gen.config.load_config), got {type(config).__name__}")
-    config.family.check(config)
+    family = config.family
+    if getattr(config.train, "precision", "float32") == "bf16" and family.bf16_refusal:
+        raise ConfigError(f"train.precision: bf16 is not available for model.kind: {family.name}: {family.bf16_refusal}; use float32")
+    family.check(config)
 
 
 def validate(config: RunConfig, splits: dict | None = None) -> dict:
