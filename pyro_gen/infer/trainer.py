@@ -729,10 +729,15 @@ class Trainer:
                 group["lr"] = group["initial_lr"] * factor
 
     def _step_loss(self, x, data_size, y=None):
-        with training_autocast(self.precision, self.device):
-            if y is None:
-                return self.objective(self.model, self.guide, x, data_size=data_size)
-            return self.objective(self.model, self.guide, x, data_size=data_size, y=y.to(x.device))
+        if self.precision != "float32":
+            with training_autocast(self.precision, self.device):
+                return self._objective_loss(x, data_size, y)
+        return self._objective_loss(x, data_size, y)
+
+    def _objective_loss(self, x, data_size, y=None):
+        if y is None:
+            return self.objective(self.model, self.guide, x, data_size=data_size)
+        return self.objective(self.model, self.guide, x, data_size=data_size, y=y.to(x.device))
 
     @torch.no_grad()
     def evaluate_loss(self, batches, data_size=None) -> float:
