@@ -37,7 +37,7 @@ from torch.distributions import biject_to, constraints
 
 from pyro_gen.errors import ConfigError
 from pyro_gen.infer.precision import as_float32, autocast_active, float32_region
-from pyro_gen.models.checks import check_batch, check_data_tensor
+from pyro_gen.models.checks import ReferenceTensor, check_batch, check_data_tensor
 from pyro_gen.models.latent import LatentModel
 
 
@@ -121,6 +121,7 @@ class AmortizedGuide(nn.Module):
     ):
         super().__init__()
         self.encoder = encoder
+        self._reference = ReferenceTensor()  # the encoder's first parameter: the dtype / device of its input
         self.name = name
         # a discrete latent gets a categorical q(y | x) (a linear head on the features); the objective
         # sums it out, calling the guide once per value of y; every continuous family also reads y (one-hot)
@@ -245,7 +246,7 @@ class AmortizedGuide(nn.Module):
 
     def _check_input(self, x) -> None:
         """The model's cheap per-batch checks (type, shape, dtype, device; no pass over the values) before the encoder runs."""
-        ref = next(self.encoder.parameters(), None)
+        ref = self._reference.get(self.encoder)
         check_batch(x, self.data_shape, "guide", dtype=None if ref is None else ref.dtype)
         if ref is not None and x.device != ref.device:
             check_data_tensor(x, "x", device=ref.device, values=False, owner="guide")

@@ -201,3 +201,35 @@ def check_class_labels(y, batch_size: int, num_classes: int) -> torch.Tensor:
     if bool(((y < 0) | (y >= num_classes)).any()):
         raise DataError(f"labels y must lie in 0..{num_classes - 1} (num_classes={num_classes})")
     return y
+
+
+class ReferenceTensor:
+    """The first parameter (else buffer) of a module: the dtype and device its data must have, for per-batch checks.
+
+    Walking ``parameters()`` every batch costs a generator over every submodule (~25 Python calls for a VAE); this
+    finds the tensor once and afterwards only follows its dotted name (a few dict lookups), which still answers
+    correctly after ``.to()`` / ``.double()`` (they keep the parameter objects) and finds the new first tensor
+    when a submodule or the tensor itself was replaced.
+    """
+
+    __slots__ = ("_parts", "_kind", "_tensor")
+
+    def __init__(self):
+        self._parts, self._kind, self._tensor = None, None, None
+
+    def get(self, module: torch.nn.Module) -> torch.Tensor | None:
+        if self._parts is not None:
+            m = module
+            for part in self._parts[:-1]:
+                m = m._modules.get(part)
+                if m is None:
+                    break
+            else:
+                if getattr(m, self._kind).get(self._parts[-1]) is self._tensor:
+                    return self._tensor
+        for kind, named in (("_parameters", module.named_parameters), ("_buffers", module.named_buffers)):
+            for name, tensor in named():
+                self._parts, self._kind, self._tensor = tuple(name.split(".")), kind, tensor
+                return tensor
+        self._parts = self._kind = self._tensor = None
+        return None

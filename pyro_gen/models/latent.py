@@ -44,7 +44,14 @@ from torch.distributions import register_kl
 
 from pyro_gen.errors import ConfigError, DataError
 from pyro_gen.infer.precision import as_float32, float32_region
-from pyro_gen.models.checks import check_batch, check_class_labels, check_data_tensor, check_finite, values_already_checked
+from pyro_gen.models.checks import (
+    ReferenceTensor,
+    check_batch,
+    check_class_labels,
+    check_data_tensor,
+    check_finite,
+    values_already_checked,
+)
 from pyro_gen.models.likelihoods import Likelihood
 
 DATA_PLATE = "data"
@@ -338,6 +345,7 @@ class LatentModel(nn.Module):
                 self.register_buffer(f"_prior_scale_{i}", torch.ones(lat.shape), persistent=False)
         self._moved_priors: dict = {}
         self._standard_priors: dict = {}  # index -> (the loc buffer it was built on, N(0, I))
+        self._reference = ReferenceTensor()
         self._register_load_state_dict_pre_hook(_check_standard_priors)
 
     # -- declaration queries -------------------------------------------------
@@ -401,11 +409,7 @@ class LatentModel(nn.Module):
 
     def _reference_tensor(self) -> torch.Tensor | None:
         """The first parameter (else buffer): its device and dtype are the ones data must have."""
-        for t in self.parameters():
-            return t
-        for t in self.buffers():
-            return t
-        return None
+        return self._reference.get(self)
 
     # -- the program -----------------------------------------------------------
     def data_plate(self, batch_size: int, data_size: int | None = None) -> pyro.plate:

@@ -243,3 +243,17 @@ def test_default_prior_follows_the_model_to_another_dtype_and_refuses_a_non_zero
     state["_prior_loc_0"] = torch.ones_like(state["_prior_loc_0"])
     with pytest.raises(DataError, match="_prior_loc_0"):
         model.load_state_dict(state)
+
+
+def test_the_reference_tensor_follows_moves_and_replaced_submodules():
+    """The per-batch dtype / device check finds its reference parameter once, and again when the tree changed."""
+    model = vae((4,), latent_dim=2, hidden=(3,))
+    first = model._reference_tensor()
+    assert first is next(model.parameters())
+    model.double()
+    assert model._reference_tensor().dtype == torch.float64
+    model.check_data(torch.rand(2, 4).round().double())
+    model.decoder = nn.Sequential(nn.Linear(2, 4))  # a float32 decoder replaces the old one
+    assert model._reference_tensor() is next(model.parameters()) and model._reference_tensor() is not first
+    with pytest.raises(DataError, match="float64"):
+        model.check_data(torch.rand(2, 4).round().double())
