@@ -35,7 +35,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, steps: int, batch: int, out: str, net: str = "mlp") -> None:
+def _rank(rank: int, world: int, port: int, steps: int, batch: int, out: str, net: str = "mlp", independent: bool = False) -> None:
+    if independent:  # the machine's ceiling: ``world`` single-process runs at once, no process group, no all-reduce
+        _rank(0, 1, 0, steps, batch, f"{out}.{rank}", net)
+        return
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world),
@@ -58,13 +61,18 @@ def _rank(rank: int, world: int, port: int, steps: int, batch: int, out: str, ne
     distributed.shutdown()
 
 
-def run(world: int, steps: int, batch: int, net: str = "mlp") -> float:
+def run(world: int, steps: int, batch: int, net: str = "mlp", independent: bool = False) -> float:
+    """Samples per second: of one run over ``world`` ranks, or (``independent``) summed over ``world`` 1-rank runs at once."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
         if world == 1:
             _rank(0, 1, 0, steps, batch, out, net)
         else:
-            torch.multiprocessing.spawn(_rank, args=(world, _free_port(), steps, batch, out, net), nprocs=world, join=True)
+            args = (world, _free_port(), steps, batch, out, net, independent)
+            torch.multiprocessing.spawn(_rank, args=args, nprocs=world, join=True)
+        if independent:
+            results = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
+            return sum(r["samples"] / r["seconds"] for r in results)
         result = json.loads(Path(out).read_text())
     return result["samples"] / result["seconds"]
 
@@ -75,19 +83,28 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=128, help="per-rank batch")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--net", choices=("mlp", "conv"), default="mlp", help="the VAE's networks")
+    p.add_argument("--ceiling", action="store_true", help="also time 2 independent 1-rank runs at once: the machine's ceiling")
     args = p.parse_args(argv)
     print(f"# {' '.join(['python', *sys.argv])}  ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)")
     print(f"usable CPUs: {len(os.sched_getaffinity(0))}, load average before: {os.getloadavg()}")
-    rates = {1: [], 2: []}
+    rates = {1: [], 2: [], "ceiling": []}
     for rep in range(args.reps):
         for world in (1, 2):
             rates[world].append(run(world, args.steps, args.batch, args.net))
             print(f"rep {rep + 1}: {world} rank(s): {rates[world][-1]:.0f} samples/s", flush=True)
+        if args.ceiling:
+            rates["ceiling"].append(run(2, args.steps, args.batch, args.net, independent=True))
+            print(f"rep {rep + 1}: 2 independent 1-rank runs at once: {rates['ceiling'][-1]:.0f} samples/s in all", flush=True)
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     ratios = [b / a for a, b in zip(rates[1], rates[2])]
     print(
         f"median: 1 rank {one:.0f} samples/s, 2 ranks {two:.0f} samples/s: {two / one:.2f}x (per-rep ratios {', '.join(f'{r:.2f}' for r in ratios)})"
     )
+    if args.ceiling:
+        ceiling = statistics.median(rates["ceiling"])
+        print(
+            f"ceiling: 2 independent runs {ceiling:.0f} samples/s: {ceiling / one:.2f}x of 1 rank; 2 ranks reach {two / ceiling:.0%} of it"
+        )
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -876,8 +876,9 @@ class Trainer:
         loss = self._step_loss(x, data_size, y) if n else None  # a rank whose slice of a short last batch is empty adds nothing
         self.optimizer.zero_grad(set_to_none=True)
         if self._buckets is None:
-            self._buckets = distributed.GradientBuckets(self.parameters())
-        # the buckets' all-reduces start inside backward, as their gradients become ready (overlapping the two)
+            self._buckets = distributed.gradient_reducer(self.parameters())
+        # shared memory between the ranks of one machine; across machines the buckets' all-reduces start inside
+        # backward, as their gradients become ready (overlapping the two)
         self._buckets.arm(n)
         if loss is not None:
             loss.backward()

@@ -1,5 +1,6 @@
-"""The overlapped gradient reducer (``distributed.GradientBuckets``) on 2 gloo ranks against the formula
-``sum_r n_r g_r / sum_r n_r``, with many small buckets, a parameter unused on one rank and uneven counts."""
+"""The gradient reducers on 2 gloo ranks against the formula ``sum_r n_r g_r / sum_r n_r``, with a parameter unused
+on one rank, one unused on both and uneven counts: the overlapped buckets (``distributed.GradientBuckets``, many
+small buckets) and the shared-memory reducer that ranks on one machine use (``distributed.gradient_reducer``)."""
 
 import os
 import socket
@@ -30,14 +31,18 @@ def _data(rank):
     return torch.randn(4 if rank == 0 else 7, 3, generator=g)  # uneven counts: n_0 = 4, n_1 = 7
 
 
-def _rank_main(rank, world, port, tmp):
+def _rank_main(rank, world, port, tmp, kind):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     from pyro_gen import distributed
 
     distributed.setup("cpu")
     net = _net()
-    buckets = distributed.GradientBuckets(list(net.parameters()), bucket_bytes=32)  # a bucket every parameter or two
+    if kind == "buckets":
+        buckets = distributed.GradientBuckets(list(net.parameters()), bucket_bytes=32)  # a bucket every parameter or two
+    else:
+        buckets = distributed.gradient_reducer(list(net.parameters()))
+        assert isinstance(buckets, distributed.SharedMemoryGradients)
     x = _data(rank)
     loss = _loss(net, x, rank)
     buckets.arm(len(x))
@@ -46,6 +51,15 @@ def _rank_main(rank, world, port, tmp):
     if rank == 0:
         grads = {name: None if p.grad is None else p.grad.clone() for name, p in net.named_parameters()}
         torch.save({"grads": grads, "loss": mean_loss, "total": total, "stop": stop}, Path(tmp) / "out.pt")
+    if kind == "shared_memory":  # a second step on the other row set, with the roles of the counts swapped
+        net.zero_grad(set_to_none=True)
+        x = _data(1 - rank)
+        loss = _loss(net, x, rank)
+        buckets.arm(len(x))
+        loss.backward()
+        second = buckets.finish(loss, stop=False)
+        if rank == 0:
+            torch.save({"loss": second[0], "total": second[1]}, Path(tmp) / "second.pt")
     buckets.remove()
     distributed.shutdown()
 
@@ -56,8 +70,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_overlapped_buckets_give_the_datapoint_weighted_mean_gradient(tmp_path):
-    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("kind", ["buckets", "shared_memory"])
+def test_reducers_give_the_datapoint_weighted_mean_gradient(tmp_path, kind):
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), kind), nprocs=2, join=True)
     got = torch.load(tmp_path / "out.pt", weights_only=False)
     # the truth, by hand: each rank's gradient weighted by its count
     expected, losses = {}, []
@@ -76,3 +91,9 @@ def test_overlapped_buckets_give_the_datapoint_weighted_mean_gradient(tmp_path):
             assert g is None  # no rank had a gradient: left without one, as in one process
         else:
             torch.testing.assert_close(g, expected[name] / 11, rtol=1e-6, atol=1e-7)
+    if kind == "shared_memory":
+        second = torch.load(tmp_path / "second.pt", weights_only=False)
+        assert second["total"] == 11
+        by_hand = sum(_loss(_net(), _data(1 - r), r).item() * len(_data(1 - r)) for r in (0, 1)) / 11
+        assert second["loss"] == pytest.approx(by_hand, rel=1e-6)  # the weights did not move: no optimizer step
+    assert not list(Path("/dev/shm").glob("pyro_gen_grads_*"))  # the shared file is gone
