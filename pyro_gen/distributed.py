@@ -310,6 +310,9 @@ class SharedMemoryGradients:
         self.world, self.rank = world_size(), rank()
         dtype = self.params[0].dtype
         self.buffer = torch.from_file(path, shared=True, size=2 * self.world * self.width, dtype=dtype).view(2, self.world, self.width)
+        # the sums land in one buffer kept across steps (the gradients are views of it): a fresh one each step
+        # would be mapped and page-faulted anew, which costs as much as the sum itself
+        self.total = torch.empty(self.width, dtype=dtype)
         self.parity = 0
 
     def remove(self) -> None:
@@ -336,7 +339,7 @@ class SharedMemoryGradients:
             row[-3] = float(loss.detach()) * self._n if loss is not None else 0.0
             row[-2], row[-1] = self._n, float(stop)
         dist.barrier()  # every rank's row is written (a socket round trip also orders the memory accesses)
-        total_row = self.buffer[self.parity].sum(0)
+        total_row = torch.sum(self.buffer[self.parity], 0, out=self.total)
         self.parity ^= 1
         tail = total_row[self.numel :].tolist()
         present, (loss_total, total, stops) = tail[: len(self.params)], tail[len(self.params) :]
