@@ -91,8 +91,12 @@ def setup(device="cpu", timeout_s: float = 1800.0) -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group (if any)."""
+    """Leave the process group (if any), after every rank has finished communicating."""
     if is_initialized():
+        if active() and dist.get_backend() == "gloo":
+            # a rank that tears its connections down while a peer still reads from them can abort that peer
+            # (pytorch/gloo issue 155; seen as a rare SIGABRT at exit): agree first that everyone is done
+            all_reduce_(torch.zeros(1))
         dist.destroy_process_group()
 
 
@@ -290,9 +294,11 @@ class SharedMemoryGradients:
 
     On one machine gloo's all-reduce moves every gradient through the loopback network stack: for the MNIST VAE's
     1.4 M gradients that is ~6 ms of CPU time per step on the cores the ranks compute on (BENCHMARKS.md section 9).
-    Here each rank writes ``n_r g_r`` (with its presence flags, ``n_r * loss_r``, ``n_r`` and its stop flag) into its
-    row of a memory-mapped file in ``/dev/shm``; one gloo barrier (a few bytes) orders the writes before the reads;
-    then every rank sums the rows itself: one pass over memory, no extra threads. Two row sets alternate between
+    Here each rank writes ``n_r g_r`` into its row of a memory-mapped file in ``/dev/shm``; one small gloo all-reduce
+    (the presence flags, ``n_r * loss_r``, ``n_r`` and the stop flag: a few bytes) orders the writes before the
+    reads, since no rank returns from it before every rank has entered it; then every rank sums the rows itself:
+    one pass over memory, no extra threads. (An all-reduce rather than ``barrier()``: a gloo barrier followed soon
+    by the end of the process group could abort a peer, pytorch/gloo issue 155; seen here as a rare SIGABRT at exit.) Two row sets alternate between
     steps, so a rank may write the next step's row while another still reads this one (it cannot write the same set
     again before the next barrier, which the reader reaches only after reading). The file is unlinked as soon as
     every rank has mapped it, so nothing is left behind even if a rank dies.
@@ -306,7 +312,7 @@ class SharedMemoryGradients:
         self.params = list(params)
         self.sizes = [p.numel() for p in self.params]
         self.numel = sum(self.sizes)
-        self.width = self.numel + len(self.params) + 3  # gradients, presence flags, n * loss, n, stop
+        self.width = self.numel
         self.world, self.rank = world_size(), rank()
         dtype = self.params[0].dtype
         self.buffer = torch.from_file(path, shared=True, size=2 * self.world * self.width, dtype=dtype).view(2, self.world, self.width)
@@ -327,23 +333,20 @@ class SharedMemoryGradients:
         row = self.buffer[self.parity, self.rank]
         offset = 0
         with torch.no_grad():
-            for i, (p, k) in enumerate(zip(self.params, self.sizes)):
+            for p, k in zip(self.params, self.sizes):
                 part = row[offset : offset + k]
                 if p.grad is None:
                     part.zero_()
-                    row[self.numel + i] = 0.0
                 else:
                     torch.mul(p.grad.reshape(-1), self._n, out=part)
-                    row[self.numel + i] = 1.0
                 offset += k
-            row[-3] = float(loss.detach()) * self._n if loss is not None else 0.0
-            row[-2], row[-1] = self._n, float(stop)
-        dist.barrier()  # every rank's row is written (a socket round trip also orders the memory accesses)
-        total_row = torch.sum(self.buffer[self.parity], 0, out=self.total)
-        self.parity ^= 1
-        tail = total_row[self.numel :].tolist()
+        flags = [0.0 if p.grad is None else 1.0 for p in self.params]
+        n_loss = float(loss.detach()) * self._n if loss is not None else 0.0
+        tail = all_reduce_(torch.tensor([*flags, n_loss, self._n, float(stop)], dtype=torch.float64)).tolist()
+        # every rank's row is written now (a socket round trip also orders the memory accesses)
         present, (loss_total, total, stops) = tail[: len(self.params)], tail[len(self.params) :]
-        grads = total_row[: self.numel].div_(total)
+        grads = torch.sum(self.buffer[self.parity], 0, out=self.total).div_(total)
+        self.parity ^= 1
         offset = 0
         for p, k, seen in zip(self.params, self.sizes, present):
             p.grad = grads[offset : offset + k].view_as(p) if seen > 0 else None
@@ -359,9 +362,10 @@ def gradient_reducer(params):
     from pathlib import Path
 
     params = list(params)
-    nbytes = 2 * world_size() * (sum(p.numel() for p in params) + len(params) + 3) * (params[0].element_size() if params else 4)
+    nbytes = 2 * world_size() * sum(p.numel() for p in params) * (params[0].element_size() if params else 4)
     path = None
-    if rank() == 0 and params and local_world_size() == world_size() and dist.get_backend() == "gloo":
+    wanted = os.environ.get("PYRO_GEN_SHM_GRADIENTS", "1") != "0"  # 0: always the gloo buckets
+    if wanted and rank() == 0 and params and local_world_size() == world_size() and dist.get_backend() == "gloo":
         one_kind = all(p.device.type == "cpu" and p.dtype == params[0].dtype and p.dtype.is_floating_point for p in params)
         shm = Path("/dev/shm")
         try:
@@ -382,7 +386,7 @@ def gradient_reducer(params):
     try:
         reducer = SharedMemoryGradients(params, path)
     finally:
-        dist.barrier()  # every rank has mapped the file (or failed to): it can go
+        all_reduce_(torch.zeros(1))  # every rank has mapped the file (or failed to): it can go (see above: not barrier())
         if rank() == 0:
             os.unlink(path)
     return reducer

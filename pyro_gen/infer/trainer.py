@@ -1114,6 +1114,9 @@ class Trainer:
             stack.enter_context(checked_dataset())
         self._set_threads(first)
         self._setup_optimizers()
+        if self._world > 1 and self.players is None and self._buckets is None:
+            # set up before the first epoch (the shared-memory file, the buckets' hooks), not inside its timing
+            self._buckets = distributed.gradient_reducer(self.parameters())
         try:
             batches_per_epoch = len(train_batches)
         except TypeError:

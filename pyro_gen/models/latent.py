@@ -240,7 +240,8 @@ def _check_standard_priors(state_dict, prefix, *args) -> None:
     """A checkpoint's default-prior locations must be the zeros they are by construction (the closed-form KL
     against :class:`StandardNormal` assumes them)."""
     for key, value in state_dict.items():
-        if key.startswith(prefix + "_prior_loc_") and torch.is_tensor(value) and bool(value.any()):
+        # NaN / inf entries are left to the finite-weights check, which names them as a diverged run's
+        if key.startswith(prefix + "_prior_loc_") and torch.is_tensor(value) and bool((torch.isfinite(value) & (value != 0)).any()):
             raise DataError(
                 f"checkpoint entry {key!r} is not zero: the default N(0, I) prior has no location to load; the checkpoint is not this model's"
             )
