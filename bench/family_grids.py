@@ -10,9 +10,11 @@ autoregressive draws, a GAN's generator outputs.
 Run (the runs of BENCHMARKS.md section 13g)::
 
     OMP_NUM_THREADS=1 python bench/family_grids.py --out docs/images/binarized_mnist_families.png \\
-        --run "VAE (MLP, normal guide)=/root/pyro_gen_runs/vae_mnist" \\
-        --run "PixelCNN (6 gated layers)=/root/pyro_gen_runs/pixelcnn" \\
-        --run "Real NVP (2 scales)=/root/pyro_gen_runs/realnvp_mnist"
+        --title "static binarized MNIST: samples of each family" \\
+        --run "VAE (MLP 300-300, z 40, normal guide)=/root/pyro_gen_runs/vae_mnist" \\
+        --run "PixelCNN (gated, 32 ch, 6 layers)=/root/pyro_gen_runs/pixelcnn" \\
+        --run "Real NVP (2 scales, 32-ch ResNets)=/root/pyro_gen_runs/realnvp_mnist" \\
+        --run "DCGAN (non-saturating, EMA)=/root/pyro_gen_runs/dcgan_mnist"
 """
 
 from __future__ import annotations
@@ -69,7 +71,11 @@ def nll_text(metrics: dict) -> str:
     """The run's test NLL with its method, as its metrics.json states it."""
     nll = metrics.get("test_nll")
     if nll is None:
-        return "no test NLL (implicit density)" if "frechet_distance" in metrics or "fid" in metrics else "no test NLL in metrics.json"
+        if "frechet_distance" in metrics:
+            return (
+                f"implicit density, no NLL; Frechet distance {metrics['frechet_distance']:.1f} ({metrics.get('feature_space', 'features')})"
+            )
+        return "no test NLL in metrics.json"
     method = metrics.get("nll_method")
     if method is None and "nll_samples" in metrics:
         method = f"IS, K={metrics['nll_samples']}"
