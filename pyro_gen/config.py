@@ -83,6 +83,10 @@ class DataConfig:
     seed: int = setting(0, low=0, high=2**63 - 1)
 
 
+#: Training precisions (:mod:`pyro_gen.infer.precision`): ``float32``, or ``bf16`` (autocast, densities in float32).
+PRECISIONS = ("float32", "bf16")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and hardware, read by every family that trains by gradient steps.
@@ -105,7 +109,7 @@ class TrainConfig:
     threads: int | None = setting(None, low=1, high=1024)
     #: ``float32``, or ``bf16``: each training step's networks under bfloat16 autocast, every density and the loss in
     #: float32, validation and evaluation in float32 (:mod:`pyro_gen.infer.precision`); for CUDA, off by default
-    precision: str = setting("float32", choices=("float32", "bf16"))
+    precision: str = setting("float32", choices=PRECISIONS)
 
 
 @dataclass

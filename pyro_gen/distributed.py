@@ -292,16 +292,15 @@ SHM_SHARE = 0.5
 class SharedMemoryGradients:
     """Gradients averaged over ranks that share one machine, through shared memory instead of gloo's sockets.
 
-    On one machine gloo's all-reduce moves every gradient through the loopback network stack: for the MNIST VAE's
-    1.4 M gradients that is ~6 ms of CPU time per step on the cores the ranks compute on (BENCHMARKS.md section 9).
+    On one machine gloo's all-reduce moves every gradient through the loopback network stack: for the MNIST MLP VAE's
+    688k gradients that is ~6 ms of CPU time per step on the cores the ranks compute on (BENCHMARKS.md section 9).
     Here each rank writes ``n_r g_r`` into its row of a memory-mapped file in ``/dev/shm``; one small gloo all-reduce
     (the presence flags, ``n_r * loss_r``, ``n_r`` and the stop flag: a few bytes) orders the writes before the
     reads, since no rank returns from it before every rank has entered it; then every rank sums the rows itself:
-    one pass over memory, no extra threads. (An all-reduce rather than ``barrier()``: a gloo barrier followed soon
-    by the end of the process group could abort a peer, pytorch/gloo issue 155; seen here as a rare SIGABRT at exit.) Two row sets alternate between
-    steps, so a rank may write the next step's row while another still reads this one (it cannot write the same set
-    again before the next barrier, which the reader reaches only after reading). The file is unlinked as soon as
-    every rank has mapped it, so nothing is left behind even if a rank dies.
+    one pass over memory, no extra threads. Two row sets alternate between steps, so a rank may write the next
+    step's row while another still reads this one (it cannot write the same set again before the next step's
+    all-reduce, which the reader enters only after reading). The file is unlinked as soon as every rank has mapped
+    it, so nothing is left behind even if a rank dies.
 
     The same results as :class:`GradientBuckets` (``sum_r n_r g_r / sum_r n_r``, ``None`` where no rank had a
     gradient, the global mean loss, count and stop flag); the sum runs over the ranks in rank order.
@@ -312,13 +311,12 @@ class SharedMemoryGradients:
         self.params = list(params)
         self.sizes = [p.numel() for p in self.params]
         self.numel = sum(self.sizes)
-        self.width = self.numel
         self.world, self.rank = world_size(), rank()
         dtype = self.params[0].dtype
-        self.buffer = torch.from_file(path, shared=True, size=2 * self.world * self.width, dtype=dtype).view(2, self.world, self.width)
+        self.buffer = torch.from_file(path, shared=True, size=2 * self.world * self.numel, dtype=dtype).view(2, self.world, self.numel)
         # the sums land in one buffer kept across steps (the gradients are views of it): a fresh one each step
         # would be mapped and page-faulted anew, which costs as much as the sum itself
-        self.total = torch.empty(self.width, dtype=dtype)
+        self.total = torch.empty(self.numel, dtype=dtype)
         self.parity = 0
 
     def remove(self) -> None:
@@ -386,7 +384,9 @@ def gradient_reducer(params):
     try:
         reducer = SharedMemoryGradients(params, path)
     finally:
-        all_reduce_(torch.zeros(1))  # every rank has mapped the file (or failed to): it can go (see above: not barrier())
+        # every rank has mapped the file (or failed to): it can go. An all-reduce, not barrier(): a gloo barrier soon
+        # followed by the end of the process group can abort a peer (pytorch/gloo issue 155)
+        all_reduce_(torch.zeros(1))
         if rank() == 0:
             os.unlink(path)
     return reducer

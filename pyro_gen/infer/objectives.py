@@ -319,7 +319,7 @@ class ELBO(TraceObjective):
             (kl_l if local else kl_g).append(value)
         recon = _total(recon_l)
         beta = self.beta_now
-        if beta == 1.0 and not penalties and not kl_g and kl_l and kl_l[0].shape == recon.shape and len(kl_l) == 1:
+        if beta == 1.0 and not penalties and not kl_g and len(kl_l) == 1 and kl_l[0].shape == recon.shape:
             # the plain ELBO of local latents, every step of a VAE: one subtraction per datapoint and one
             # reduction, as a hand-written loss has it (two reductions and divisions fewer, forward and backward)
             n = recon.shape[0] * batch_size

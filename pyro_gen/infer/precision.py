@@ -21,10 +21,9 @@ import contextlib
 
 import torch
 
+from pyro_gen.config import PRECISIONS
 from pyro_gen.errors import ConfigError
 
-#: Training precisions: ``float32`` (default), ``bf16`` (autocast to bfloat16, densities in float32).
-PRECISIONS = ("float32", "bf16")
 _LOW = (torch.bfloat16, torch.float16)
 
 

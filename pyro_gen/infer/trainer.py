@@ -683,7 +683,7 @@ class Trainer:
         self._saved: str | None = None
         self._rank, self._world = 0, 1
         self._batch_count, self._stop, self._stop_all = 0, None, False
-        # the data-parallel gradient reducer (built on the first distributed step, its hooks on the parameters)
+        # the data-parallel gradient reducer (built by fit() before the first epoch; buckets put hooks on the parameters)
         self._buckets = None
         #: whether fit() moved its tensor data to the CUDA device once (see the class docstring)
         self.data_on_device = False
@@ -875,8 +875,6 @@ class Trainer:
         n = len(x)
         loss = self._step_loss(x, data_size, y) if n else None  # a rank whose slice of a short last batch is empty adds nothing
         self.optimizer.zero_grad(set_to_none=True)
-        if self._buckets is None:
-            self._buckets = distributed.gradient_reducer(self.parameters())
         # shared memory between the ranks of one machine; across machines the buckets' all-reduces start inside
         # backward, as their gradients become ready (overlapping the two)
         self._buckets.arm(n)
@@ -1114,7 +1112,7 @@ class Trainer:
             stack.enter_context(checked_dataset())
         self._set_threads(first)
         self._setup_optimizers()
-        if self._world > 1 and self.players is None and self._buckets is None:
+        if self._world > 1 and self.players is None:
             # set up before the first epoch (the shared-memory file, the buckets' hooks), not inside its timing
             self._buckets = distributed.gradient_reducer(self.parameters())
         try:
