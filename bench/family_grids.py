@@ -3,9 +3,9 @@
 Each ``--run LABEL=RUN_DIR`` is a run directory of any family (``pyro-gen train ...``) on the same dataset;
 the figure shows ``--num`` samples of each, drawn with one seed, side by side, each panel titled with its
 label, how its samples are drawn, and its test NLL as its ``metrics.json`` states it (with the method:
-importance-sampled with K, exact, or dequantized). Samples are what the family's ``sample`` command draws:
-a VAE's likelihood mean at z ~ p(z), a flow's exact samples quantized to the levels, a PixelCNN's exact
-autoregressive draws, a GAN's generator outputs.
+importance-sampled with K, exact, or dequantized). Samples are what the family's ``sample`` command draws
+(``Family.sample_images``): a VAE's likelihood mean at z ~ p(z), a flow's exact samples quantized to the levels,
+a PixelCNN's exact autoregressive draws, a GAN's generator outputs.
 
 Run (the runs of BENCHMARKS.md section 13g)::
 
@@ -28,43 +28,17 @@ from pathlib import Path
 import torch
 
 from pyro_gen.analysis.plots import image_grid, pyplot, save_figure
-from pyro_gen.errors import ConfigError
-from pyro_gen.rng import seeded
-from pyro_gen.run import load_run
-
-HOW = {
-    "vae": "likelihood mean at z ~ p(z)",
-    "flow": "exact samples, quantized",
-    "pixelcnn": "exact autoregressive draws",
-    "gan": "generator outputs",
-}
+from pyro_gen.run import RunDir
 
 
-@torch.no_grad()
 def draw(run_dir: Path, num: int, seed: int) -> tuple[torch.Tensor, str, dict]:
-    """``(images (num, C, H, W) in [0, 1], the family's kind, metrics.json)`` of one run."""
-    config, model, _guide, _ = load_run(run_dir)
-    kind = config.model.kind
-    with seeded(seed):
-        if kind == "vae":
-            from pyro_gen.analysis.plots import sample_images
-
-            images = sample_images(model, num)
-        elif kind == "flow":
-            images = model.sample(num)
-        elif kind == "pixelcnn":
-            images = model(batch_size=num) if model.num_classes is None else model(batch_size=num, y=torch.arange(num) % model.num_classes)
-        elif kind == "gan":
-            from pyro_gen.analysis import draw_samples
-
-            images = draw_samples(model, num, seed)
-        else:
-            raise ConfigError(f"{run_dir}: model.kind {kind!r} draws no images; give runs of vae, flow, pixelcnn or gan")
-    if images.dim() != 4:
-        raise ConfigError(f"{run_dir}: its data are not images (samples of shape {tuple(images.shape[1:])})")
+    """``(images (num, C, H, W) in [0, 1], how they were drawn, metrics.json)`` of one run, through its family."""
+    run = RunDir(run_dir)
+    config = run.config()
+    images, how = config.family.sample_images(config, run, num, seed)
     metrics_path = Path(run_dir) / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return images.float().cpu(), kind, metrics
+    return images.float().cpu(), how, metrics
 
 
 def nll_text(metrics: dict) -> str:
@@ -96,13 +70,13 @@ def main() -> None:
         label, sep, path = item.partition("=")
         if not sep or not Path(path).is_dir():
             p.error(f"--run {item!r}: give LABEL=RUN_DIR with an existing run directory")
-        images, kind, metrics = draw(Path(path), args.num, args.seed)
+        images, how, metrics = draw(Path(path), args.num, args.seed)
         epochs = metrics.get("epochs")
-        caption = f"{label}\n{HOW[kind]}; {nll_text(metrics)}" + (f"; {epochs} epochs" if epochs else "")
+        caption = f"{label}\n{how}; {nll_text(metrics)}" + (f"; {epochs} epochs" if epochs else "")
         panels.append((image_grid(images, max(1, int(math.sqrt(args.num)))).numpy(), caption))
-        print(f"{label}: {kind}, {nll_text(metrics)}", flush=True)
+        print(f"{label}: {how}; {nll_text(metrics)}", flush=True)
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 5.0), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 5.9), squeeze=False, layout="constrained")
     for ax, (array, caption) in zip(axes[0], panels):
         ax.imshow(array, cmap=None if array.ndim == 3 else "gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_axis_off()

@@ -65,7 +65,8 @@ def peek(run: RunDir, grid: Path | None, size: int | None = None) -> None:
     atomically, so reading one while the trainer writes the next is safe)."""
     import torch
 
-    from pyro_gen.families.pixelcnn import PixelCNNFamily, exact_test_nll
+    from pyro_gen.families.base import save_sample_grid
+    from pyro_gen.families.pixelcnn import PixelCNNFamily, draw_images, exact_test_nll
     from pyro_gen.models.pixelcnn import bits_per_dim
     from pyro_gen.run.data import fixed_test_data
 
@@ -83,7 +84,9 @@ def peek(run: RunDir, grid: Path | None, size: int | None = None) -> None:
     print(f"{name} after {ckpt['epoch']} of {config.train.epochs} epochs: exact test NLL {nll:.3f} nats, "
           f"{bits_per_dim(nll, 784):.4f} bits/dim ({len(test)} test images)", flush=True)  # fmt: skip
     if grid is not None:
-        print(f"wrote {family._write_samples(model, grid, 64, config.train.seed)}", flush=True)
+        print(
+            f"wrote {save_sample_grid(*draw_images(model, 64, config.train.seed), config.data.name, config.train.seed, grid)}", flush=True
+        )
 
 
 if __name__ == "__main__":

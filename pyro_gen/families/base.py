@@ -167,6 +167,17 @@ class Family:
         """Write samples of the fitted model; returns the paths written."""
         raise self.refuse("sample")
 
+    def sample_images(self, config: RunConfig, run: RunDir, num: int, seed: int):
+        """``(images, how)``: ``num`` images ``(num, C, H, W)`` in [0, 1] drawn from the fitted model with ``seed``, and
+        how they were drawn, in a few words for titles. What ``sample`` writes for image data, and what a figure
+        across families draws (``bench/family_grids.py``)."""
+        raise self.refuse("sample")
+
+    def write_image_samples(self, config: RunConfig, run: RunDir, num: int, out: Path, seed: int) -> Path:
+        """The titled grid of :meth:`sample_images` at ``out``."""
+        images, how = self.sample_images(config, run, num, seed)
+        return save_sample_grid(images, how, config.data.name, seed, out)
+
     def analyze(self, config: RunConfig, run: RunDir, options: AnalyzeOptions) -> list[Path]:
         """Bayesian diagnostics into the run directory; returns the paths written."""
         raise self.refuse("analyze")
@@ -240,6 +251,14 @@ def restore(model, guide, ckpt: dict, path, x=None) -> None:
     for m in (model, guide):
         if m is not None:
             m.eval()
+
+
+def save_sample_grid(images, how: str, data_name: str, seed: int, out: Path) -> Path:
+    """A square grid of sampled images, titled with how many, how they were drawn, the data and the seed."""
+    from pyro_gen.analysis import save_image_grid
+
+    n = len(images)
+    return save_image_grid(images.cpu(), out, nrow=max(1, int(math.sqrt(n))), title=f"{n} {how} ({data_name}, seed {seed})")
 
 
 def check_batch_size(config, n: int, what: str = "training points") -> None:

@@ -26,7 +26,16 @@ import torch
 
 from pyro_gen.config import EvalConfig, setting, size, widths
 from pyro_gen.errors import ConfigError, TrainingDivergedError
-from pyro_gen.families.base import Family, Scores, check_batch_size, epochs_record, fit_with_trainer, make_trainer, restore
+from pyro_gen.families.base import (
+    Family,
+    Scores,
+    check_batch_size,
+    epochs_record,
+    fit_with_trainer,
+    make_trainer,
+    restore,
+    save_sample_grid,
+)
 from pyro_gen.io import atomic_path
 from pyro_gen.rng import seeded
 from pyro_gen.run.data import count_parameters, fixed_test_data
@@ -277,13 +286,12 @@ class FlowFamily(Family):
         return -toy_log_density(name, x.cpu()).mean().item() if name in NAMES else None
 
     def _figures(self, model, x: torch.Tensor, config, out: Path, seed: int) -> list[Path]:
-        from pyro_gen.analysis import save_image_grid
         from pyro_gen.analysis.flow_figures import density_figure, interpolation_figure
 
         with seeded(seed, x.device), torch.no_grad():
             if model.levels is not None:
-                title = f"64 exact samples of the flow ({config.data.name}), quantized to its {model.levels} levels"
-                paths = [save_image_grid(model.sample(64).cpu(), out / "samples.png", nrow=8, title=title)]
+                how = f"exact samples of the flow, quantized to its {model.levels} levels"
+                paths = [save_sample_grid(model.sample(64), how, config.data.name, seed, out / "samples.png")]
                 pairs = min(INTERPOLATION_PAIRS, len(x) // 2)
                 if pairs:
                     g = torch.Generator().manual_seed(seed)
@@ -309,16 +317,23 @@ class FlowFamily(Family):
         title = f"{model.description} on {name}"
         return [density_figure(model, x.cpu(), samples, out / "density.png", title, config.eval.density_grid, truth)]
 
+    def sample_images(self, config, run, num, seed):
+        model, _, _, _ = self.load(config, run)
+        if model.levels is None:
+            raise ConfigError(
+                f"sample grids need images; {config.data.name!r} holds vectors: 'pyro-gen sample' draws them as a scatter plot"
+            )
+        with seeded(seed), torch.no_grad():
+            return model.sample(num), f"exact samples of the flow, quantized to its {model.levels} levels"
+
     def sample(self, config, run, num, out, seed) -> list[Path]:
         """An image grid, or for vectors a scatter PNG over the test data and the points as ``.npy`` (``(num, D)`` float32)."""
-        from pyro_gen.analysis import save_image_grid, scatter_samples
+        from pyro_gen.analysis import scatter_samples
 
+        if self.levels(config) is not None:
+            return [self.write_image_samples(config, run, num or 64, out, seed)]
         model, _, splits, _ = self.load(config, run)
         with seeded(seed), torch.no_grad():
-            if model.levels is not None:
-                num = num or 64
-                title = f"{num} exact samples of the flow ({config.data.name}, seed {seed}), quantized to its {model.levels} levels"
-                return [save_image_grid(model.sample(num), out, nrow=max(1, int(math.sqrt(num))), title=title)]
             points = model.sample(num or config.eval.samples)
         real = fixed_test_data(splits["test"], config.data.seed)
         png = scatter_samples(points, real, config.data.name, out.with_suffix(".png"), title=f"flow samples over {config.data.name}")

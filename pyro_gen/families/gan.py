@@ -463,17 +463,23 @@ class GANFamily(Family):
         )  # fmt: skip
 
     # -- sample ---------------------------------------------------------------------------------
+    def sample_images(self, config, run, num, seed):
+        gan_run = self.load(config, run)
+        if len(gan_run.generator.data_shape) != 3:
+            raise ConfigError(
+                f"sample grids need images; {config.data.name!r} holds vectors: 'pyro-gen sample' draws them as a scatter plot"
+            )
+        return draw_samples(gan_run.sampler, num, seed), "generator samples"
+
     def sample(self, config, run, num, out, seed) -> list:
         """An image grid, or for vector data a scatter PNG and the points as ``.npy`` (``(num, D)`` float32)."""
-        from pyro_gen.analysis import save_image_grid, scatter_samples
+        from pyro_gen.analysis import scatter_samples
+        from pyro_gen.data import dataset_info
         from pyro_gen.evaluation.sample_quality import NUM_SAMPLES
 
+        if dataset_info(config.data.name, config.data.binarize).image:
+            return [self.write_image_samples(config, run, num or 64, out, seed)]
         gan_run = self.load(config, run)
-        if len(gan_run.generator.data_shape) == 3:
-            num = num or 64
-            images = draw_samples(gan_run.sampler, num, seed)
-            title = f"{num} generator samples ({config.data.name}, seed {seed})"
-            return [save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))), title=title)]
         points = draw_samples(gan_run.sampler, num or NUM_SAMPLES, seed)
         png = scatter_samples(points, fixed_test_data(gan_run.splits["test"], config.data.seed), config.data.name, out.with_suffix(".png"))
         npy = out.with_suffix(".npy")

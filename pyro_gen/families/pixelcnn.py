@@ -20,7 +20,16 @@ import torch
 
 from pyro_gen.config import size
 from pyro_gen.errors import ConfigError, TrainingDivergedError
-from pyro_gen.families.base import Family, Scores, check_batch_size, epochs_record, fit_with_trainer, make_trainer, restore
+from pyro_gen.families.base import (
+    Family,
+    Scores,
+    check_batch_size,
+    epochs_record,
+    fit_with_trainer,
+    make_trainer,
+    restore,
+    save_sample_grid,
+)
 from pyro_gen.rng import seeded
 from pyro_gen.run.data import count_parameters, fixed_test_data
 
@@ -217,25 +226,27 @@ class PixelCNNFamily(Family):
         )
         run.write_scores(record)
         if options.figures if options.figures is not None else config.eval.images:
-            self._write_samples(model, run.path / "samples.png", 64, config.train.seed, config.data.name)
+            save_sample_grid(*draw_images(model, 64, config.train.seed), config.data.name, config.train.seed, run.path / "samples.png")
         return record
 
     def sample(self, config, run, num, out, seed) -> list[Path]:
+        return [self.write_image_samples(config, run, num or 64, out, seed)]
+
+    def sample_images(self, config, run, num, seed):
         model, _, _, _ = self.load(config, run)
-        return [self._write_samples(model, out, num or 64, seed, config.data.name)]
+        return draw_images(model, num, seed)
 
-    @staticmethod
-    def _write_samples(model, out: Path, num: int, seed: int, data_name: str) -> Path:
-        """A grid of ``num`` autoregressive samples (a conditional model: the labels 0, 1, ... in turn)."""
-        from pyro_gen.analysis import save_image_grid
 
-        device = next(model.parameters()).device
-        y = None if model.num_classes is None else torch.arange(num, device=device) % model.num_classes
-        with seeded(seed, device), torch.no_grad():
-            images = model(batch_size=num, y=y)
-        kind = "" if y is None else f", labels 0..{model.num_classes - 1} in turn"
-        title = f"{num} autoregressive samples of the PixelCNN ({data_name}, seed {seed}{kind}): exact draws, one pixel at a time"
-        return save_image_grid(images.cpu(), out, nrow=max(1, int(math.sqrt(num))), title=title)
+@torch.no_grad()
+def draw_images(model, num: int, seed: int) -> tuple[torch.Tensor, str]:
+    """``num`` autoregressive samples of a PixelCNN (a conditional model: the labels 0, 1, ... in turn) and how they
+    were drawn, for the grid's title."""
+    device = next(model.parameters()).device
+    y = None if model.num_classes is None else torch.arange(num, device=device) % model.num_classes
+    with seeded(seed, device):
+        images = model(batch_size=num, y=y)
+    labels = "" if y is None else f", labels 0..{model.num_classes - 1} in turn"
+    return images, f"exact autoregressive samples of the PixelCNN, drawn one pixel at a time{labels}"
 
 
 @torch.no_grad()

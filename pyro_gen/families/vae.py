@@ -319,17 +319,16 @@ class VAEFamily(Family):
         return record
 
     def sample(self, config, run, num, out, seed) -> list[Path]:
-        from pyro_gen.analysis import save_image_grid
+        return [self.write_image_samples(config, run, num or 64, out, seed)]
+
+    def sample_images(self, config, run, num, seed):
         from pyro_gen.analysis.plots import picture_kind, sample_images
 
-        num = num or 64
         model, _, _, _ = self.load(config, run)
         if len(model.data_shape) != 3:
             raise ConfigError(f"sample grids need image data (C, H, W); this model's data have shape {tuple(model.data_shape)}")
         with seeded(seed):
-            images = sample_images(model, num)
-        title = f"{num} draws from the model ({config.data.name}, seed {seed}): {picture_kind(model)} at z ~ p(z)"
-        return [save_image_grid(images, out, nrow=max(1, int(math.sqrt(num))), title=title)]
+            return sample_images(model, num), f"draws from the model: {picture_kind(model)} at z ~ p(z)"
 
     def analyze(self, config, run, options) -> list[Path]:
         """The local posteriors ``q(z | x_n)`` of ``points`` test points (a seeded random draw) as InferenceData in

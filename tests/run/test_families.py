@@ -15,7 +15,7 @@ from cli_support import fails, run_cli
 from toy_family import exact_test_log_likelihood
 
 from pyro_gen.config import from_dict
-from pyro_gen.data import load_dataset
+from pyro_gen.data import dataset_info, load_dataset
 from pyro_gen.families import Unsupported, family_names, get_family
 from pyro_gen.run import RunDir, analyze_run, compare, evaluate_run, sample_run, train
 
@@ -52,6 +52,13 @@ def test_every_family_runs_every_command_or_says_why_not(kind, tmp_path):
         else:
             paths = call()
             assert paths and all(Path(p).exists() for p in paths)
+    if family.supports("sample") and dataset_info(config.data.name, config.data.binarize).image:
+        # what 'sample' writes for images, and what a figure across families draws: seeded images in [0, 1]
+        images, how = family.sample_images(config, RunDir(run_dir), 4, seed=0)
+        assert images.dim() == 4 and len(images) == 4 and how and "\n" not in how
+        assert 0 <= float(images.min()) and float(images.max()) <= 1
+        again, _ = family.sample_images(config, RunDir(run_dir), 4, seed=0)
+        assert torch.equal(images, again)
     if config.guide is not None:
         rows = compare(config, [config.guide.name], tmp_path / "cmp")
         assert len(rows) == 1 and set(family.compare_columns) <= set(rows[0])
