@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -257,11 +259,12 @@ class GradientBuckets:
                 return
             self._launch(b)
 
-    def finish(self, loss, stop: bool) -> tuple[float, float, bool]:
+    def finish(self, loss, stop: bool, private: bool = True) -> tuple[float, float, bool]:
         """After ``backward``: launch what is left, reduce the presence flags, ``n_r * loss_r``, ``n_r`` and the stop flag,
         wait, and set each gradient to ``sum_r n_r g_r / sum_r n_r`` (``None`` where no rank had one).
 
-        Returns ``(global mean loss, global count, any rank stopping)``.
+        Returns ``(global mean loss, global count, any rank stopping)``. The gradients are always this rank's own
+        (``private`` is there for the interface :class:`SharedMemoryGradients` shares).
         """
         self._armed = False
         while len(self._launched) < len(self.buckets):
@@ -294,41 +297,98 @@ class SharedMemoryGradients:
 
     On one machine gloo's all-reduce moves every gradient through the loopback network stack: for the MNIST MLP VAE's
     688k gradients that is ~6 ms of CPU time per step on the cores the ranks compute on (BENCHMARKS.md section 9).
-    Here each rank writes ``n_r g_r`` into its row of a memory-mapped file in ``/dev/shm``; one small gloo all-reduce
-    (the presence flags, ``n_r * loss_r``, ``n_r`` and the stop flag: a few bytes) orders the writes before the
-    reads, since no rank returns from it before every rank has entered it; then every rank sums the rows itself:
-    one pass over memory, no extra threads. Two row sets alternate between steps, so a rank may write the next
-    step's row while another still reads this one (it cannot write the same set again before the next step's
-    all-reduce, which the reader enters only after reading). The file is unlinked as soon as every rank has mapped
-    it, so nothing is left behind even if a rank dies.
+    Here the ranks share a memory-mapped file in ``/dev/shm`` and a step has two phases:
+
+    1. each rank writes ``n_r g_r`` into its row, and its presence flags, ``n_r * loss_r``, ``n_r`` and stop flag into
+       its tail, then publishes the phase number in its own counter and waits until every rank's counter has reached
+       it (a reduce-scatter, by hand);
+    2. each rank sums the rows over its own slice of the elements (a ``1 / world`` share of the arithmetic), divides
+       by ``sum_r n_r``, publishes, waits: every slice of the shared mean is then complete, and every rank's gradients
+       are views of it (an all-gather without copying).
+
+    Waiting is a spin on the other ranks' counters (a few microseconds), falling back to short sleeps after a few
+    milliseconds (a rank saving a checkpoint, a slow rank) and to an error naming the ranks that never arrived after
+    ``timeout_s``. That a rank sees another's gradients once it sees its counter rests on x86's store order (TSO:
+    stores become visible in program order; the gradients are written by ordinary vector stores, not streaming
+    ones); elsewhere the wait is a 4-byte gloo all-reduce instead, whose socket round trip orders the memory.
+    Rows, tails and means come in two sets that alternate between steps, so a rank may write the next step's while
+    another still reads this one's (it cannot come back to the same set before that rank has published the next
+    step's first phase, which it does only after it is done with this one). The file is unlinked as soon as every
+    rank has mapped it, so nothing is left behind even if a rank dies.
 
     The same results as :class:`GradientBuckets` (``sum_r n_r g_r / sum_r n_r``, ``None`` where no rank had a
-    gradient, the global mean loss, count and stop flag); the sum runs over the ranks in rank order.
+    gradient, the global mean loss, count and stop flag); the sums run over the ranks in rank order.
     Built by :func:`gradient_reducer` when every rank is on this machine and the gradients are CPU tensors of one dtype.
+
+    The gradients are shared between the ranks, so nothing may change them in place: :meth:`finish` with
+    ``private=True`` (the trainer asks for it when it clips gradient norms) copies them into this rank's own buffer.
     """
 
-    def __init__(self, params, path: str):
+    #: spin this long on the counters before sleeping between looks (seconds)
+    SPIN_S = 0.002
+
+    def __init__(self, params, path: str, timeout_s: float = 1800.0):
         self.params = list(params)
         self.sizes = [p.numel() for p in self.params]
         self.numel = sum(self.sizes)
         self.world, self.rank = world_size(), rank()
+        self.timeout_s = timeout_s
         dtype = self.params[0].dtype
-        self.buffer = torch.from_file(path, shared=True, size=2 * self.world * self.numel, dtype=dtype).view(2, self.world, self.numel)
-        # the sums land in one buffer kept across steps (the gradients are views of it): a fresh one each step
-        # would be mapped and page-faulted anew, which costs as much as the sum itself
-        self.total = torch.empty(self.numel, dtype=dtype)
-        self.parity = 0
+        layout = shared_memory_layout(len(self.params), self.numel, self.world, dtype)
+        raw = torch.from_file(path, shared=True, size=layout["nbytes"], dtype=torch.uint8)
+
+        def region(name, dtype, shape):
+            offset, nbytes = layout[name]
+            return raw[offset : offset + nbytes].view(dtype).view(shape)
+
+        # each rank's counter on its own cache line: a rank polling the others' does not slow down its owner's writes
+        self.counters = region("counters", torch.int64, (self.world, 8))[:, 0].numpy()
+        self.tails = region("tails", torch.float64, (2, self.world, len(self.params) + 3))
+        self.rows = region("rows", dtype, (2, self.world, self.numel))
+        self.means = region("means", dtype, (2, self.numel))
+        self.lo, self.hi = shard_bounds(self.numel, self.world, self.rank)
+        self.own = None  # this rank's copy of the gradients, for finish(private=True)
+        self.phase = 0
+        self.spin = _stores_in_order()
 
     def remove(self) -> None:
-        self.buffer = None
+        self.counters = self.tails = self.rows = self.means = None
 
     def arm(self, n: int) -> None:
         """Before ``backward``: this rank's datapoint count ``n`` weights its gradients."""
         self._n = float(n)
 
-    def finish(self, loss, stop: bool) -> tuple[float, float, bool]:
-        """After ``backward``: see :meth:`GradientBuckets.finish`."""
-        row = self.buffer[self.parity, self.rank]
+    def _arrive(self) -> None:
+        """Publish the next phase and wait until every rank has published it."""
+        self.phase += 1
+        if not self.spin:
+            all_reduce_(torch.zeros(1))
+            return
+        counters, target = self.counters, self.phase
+        _fence()
+        counters[self.rank] = target
+        if counters.min() >= target:
+            return
+        start = time.monotonic()
+        looks = 0
+        while counters.min() < target:
+            looks += 1
+            if looks % 256 == 0:
+                waited = time.monotonic() - start
+                if waited > self.timeout_s:
+                    late = [r for r in range(self.world) if counters[r] < target]
+                    raise RuntimeError(
+                        f"rank(s) {late} did not reach step phase {target} of the shared-memory gradient exchange in "
+                        f"{self.timeout_s:g} s: a rank died or hangs; see its log"
+                    )
+                if waited > self.SPIN_S:
+                    time.sleep(1e-4)  # a long wait (a rank saving a checkpoint): stop holding a core
+
+    def finish(self, loss, stop: bool, private: bool = False) -> tuple[float, float, bool]:
+        """After ``backward``: see :meth:`GradientBuckets.finish`. ``private``: gradients in this rank's own buffer, not
+        views of the shared mean (for code that changes them in place, e.g. norm clipping)."""
+        parity = (self.phase // 2) % 2
+        row = self.rows[parity, self.rank]
         offset = 0
         with torch.no_grad():
             for p, k in zip(self.params, self.sizes):
@@ -340,16 +400,53 @@ class SharedMemoryGradients:
                 offset += k
         flags = [0.0 if p.grad is None else 1.0 for p in self.params]
         n_loss = float(loss.detach()) * self._n if loss is not None else 0.0
-        tail = all_reduce_(torch.tensor([*flags, n_loss, self._n, float(stop)], dtype=torch.float64)).tolist()
-        # every rank's row is written now (a socket round trip also orders the memory accesses)
+        self.tails[parity, self.rank] = torch.tensor([*flags, n_loss, self._n, float(stop)], dtype=torch.float64)
+        self._arrive()  # every rank's row and tail are written
+        tail = self.tails[parity].sum(0).tolist()
         present, (loss_total, total, stops) = tail[: len(self.params)], tail[len(self.params) :]
-        grads = torch.sum(self.buffer[self.parity], 0, out=self.total).div_(total)
-        self.parity ^= 1
+        means = self.means[parity]
+        lo, hi = self.lo, self.hi
+        torch.sum(self.rows[parity, :, lo:hi], 0, out=means[lo:hi]).div_(total)
+        self._arrive()  # every slice of the mean is written
+        if private:
+            if self.own is None:
+                self.own = torch.empty_like(means)
+            means = self.own.copy_(means)
         offset = 0
         for p, k, seen in zip(self.params, self.sizes, present):
-            p.grad = grads[offset : offset + k].view_as(p) if seen > 0 else None
+            p.grad = means[offset : offset + k].view_as(p) if seen > 0 else None
             offset += k
         return loss_total / total, total, stops > 0
+
+
+def shared_memory_layout(n_params: int, numel: int, world: int, dtype: torch.dtype) -> dict:
+    """Byte ranges ``(offset, nbytes)`` of :class:`SharedMemoryGradients`'s regions in its file, and the file's size
+    ``nbytes``: per-rank counters (a cache line each), tails (float64), rows and means (``dtype``), 64-byte aligned."""
+    item = torch.empty(0, dtype=dtype).element_size()
+    sizes = {"counters": world * 64, "tails": 2 * world * (n_params + 3) * 8, "rows": 2 * world * numel * item, "means": 2 * numel * item}
+    layout, offset = {}, 0
+    for name, nbytes in sizes.items():
+        layout[name] = (offset, nbytes)
+        offset += -(-nbytes // 64) * 64
+    layout["nbytes"] = offset
+    return layout
+
+
+def _stores_in_order() -> bool:
+    """True on x86 (total store order), where a spin on the counters is a correct wait; see :class:`SharedMemoryGradients`."""
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+_FENCE_LOCK = threading.Lock()
+
+
+def _fence() -> None:
+    # a locked instruction (the lock's compare-and-swap) is a full memory barrier on x86: whatever the gradient kernels
+    # stored is visible before the counter that announces it, even if a kernel used streaming stores
+    with _FENCE_LOCK:
+        pass
 
 
 def gradient_reducer(params):
@@ -360,7 +457,7 @@ def gradient_reducer(params):
     from pathlib import Path
 
     params = list(params)
-    nbytes = 2 * world_size() * sum(p.numel() for p in params) * (params[0].element_size() if params else 4)
+    nbytes = shared_memory_layout(len(params), sum(p.numel() for p in params), world_size(), params[0].dtype)["nbytes"] if params else 0
     path = None
     wanted = os.environ.get("PYRO_GEN_SHM_GRADIENTS", "1") != "0"  # 0: always the gloo buckets
     if wanted and rank() == 0 and params and local_world_size() == world_size() and dist.get_backend() == "gloo":

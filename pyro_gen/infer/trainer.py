@@ -880,7 +880,8 @@ class Trainer:
         self._buckets.arm(n)
         if loss is not None:
             loss.backward()
-        value, total, stops = self._buckets.finish(loss, self._stop.signum is not None)
+        # clipping rescales the gradients in place: they must be this rank's own, not the ranks' shared ones
+        value, total, stops = self._buckets.finish(loss, self._stop.signum is not None, private=bool(self.clip_norm))
         total = int(total)
         self._stop_all = self._stop_all or stops
         if not math.isfinite(value):
