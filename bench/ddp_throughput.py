@@ -35,7 +35,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, steps: int, batch: int, out: str, net: str = "mlp", independent: bool = False) -> None:
+def _rank(
+    rank: int, world: int, port: int, steps: int, batch: int, out: str, net: str = "mlp", independent: bool = False, bind: bool = True
+) -> None:
     if independent:  # the machine's ceiling: ``world`` single-process runs at once, no process group, no all-reduce
         _rank(0, 1, 0, steps, batch, f"{out}.{rank}", net)
         return
@@ -54,21 +56,23 @@ def _rank(rank: int, world: int, port: int, steps: int, batch: int, out: str, ne
     guide = make_guide("normal", model, hidden=hidden, net=net)
     n = steps * batch * world
     x = torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=torch.Generator().manual_seed(0))
-    trainer = Trainer(model, guide, "elbo", lr=1e-3, batch_size=batch * world, epochs=1, progress=False, threads=1)
+    trainer = Trainer(
+        model, guide, "elbo", lr=1e-3, batch_size=batch * world, epochs=1, progress=False, threads=1, bind_cpus=None if bind else False
+    )
     history = trainer.fit(x)
     if rank == 0:
         Path(out).write_text(json.dumps({"seconds": history[0]["seconds"], "samples": n, "threads": history[0]["threads"]}))
     distributed.shutdown()
 
 
-def run(world: int, steps: int, batch: int, net: str = "mlp", independent: bool = False) -> float:
+def run(world: int, steps: int, batch: int, net: str = "mlp", independent: bool = False, bind: bool = True) -> float:
     """Samples per second: of one run over ``world`` ranks, or (``independent``) summed over ``world`` 1-rank runs at once."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
         if world == 1:
             _rank(0, 1, 0, steps, batch, out, net)
         else:
-            args = (world, _free_port(), steps, batch, out, net, independent)
+            args = (world, _free_port(), steps, batch, out, net, independent, bind)
             torch.multiprocessing.spawn(_rank, args=args, nprocs=world, join=True)
         if independent:
             results = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
@@ -84,13 +88,14 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--net", choices=("mlp", "conv"), default="mlp", help="the VAE's networks")
     p.add_argument("--ceiling", action="store_true", help="also time 2 independent 1-rank runs at once: the machine's ceiling")
+    p.add_argument("--no-bind", action="store_true", help="leave the ranks to the scheduler (train.bind_cpus: false)")
     args = p.parse_args(argv)
     print(f"# {' '.join(['python', *sys.argv])}  ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)")
     print(f"usable CPUs: {len(os.sched_getaffinity(0))}, load average before: {os.getloadavg()}")
     rates = {1: [], 2: [], "ceiling": []}
     for rep in range(args.reps):
         for world in (1, 2):
-            rates[world].append(run(world, args.steps, args.batch, args.net))
+            rates[world].append(run(world, args.steps, args.batch, args.net, bind=not args.no_bind))
             print(f"rep {rep + 1}: {world} rank(s): {rates[world][-1]:.0f} samples/s", flush=True)
         if args.ceiling:
             rates["ceiling"].append(run(2, args.steps, args.batch, args.net, independent=True))

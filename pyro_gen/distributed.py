@@ -231,6 +231,14 @@ class GradientBuckets:
             h.remove()
         self._hooks = []
 
+    def share(self, optimizer) -> bool:
+        """Nothing to share across machines: every rank keeps its own parameters and optimizer (False)."""
+        return False
+
+    def step(self, optimizer) -> None:
+        """The optimizer step after :meth:`finish`: every rank steps all its parameters."""
+        optimizer.step()
+
     def arm(self, n: int) -> None:
         """Before ``backward``: this rank's datapoint count ``n`` weights its gradients."""
         self._n = float(n)
@@ -293,49 +301,58 @@ SHM_SHARE = 0.5
 
 
 class SharedMemoryGradients:
-    """Gradients averaged over ranks that share one machine, through shared memory instead of gloo's sockets.
+    """Gradients averaged over ranks that share one machine, through shared memory instead of gloo's sockets, and
+    (with an Adam optimizer) the optimizer step split between them.
 
     On one machine gloo's all-reduce moves every gradient through the loopback network stack: for the MNIST MLP VAE's
     688k gradients that is ~6 ms of CPU time per step on the cores the ranks compute on (BENCHMARKS.md section 9).
-    Here the ranks share a memory-mapped file in ``/dev/shm`` and a step has two phases:
+    Here the ranks share memory-mapped files in ``/dev/shm``. :meth:`finish` starts a step: each rank writes
+    ``n_r g_r`` into its row, and its presence flags, ``n_r * loss_r``, ``n_r`` and stop flag into its tail, publishes
+    the phase in its own counter and waits until every rank's counter has reached it. Then, in one of two modes:
 
-    1. each rank writes ``n_r g_r`` into its row, and its presence flags, ``n_r * loss_r``, ``n_r`` and stop flag into
-       its tail, then publishes the phase number in its own counter and waits until every rank's counter has reached
-       it (a reduce-scatter, by hand);
-    2. each rank sums the rows over its own slice of the elements (a ``1 / world`` share of the arithmetic), divides
-       by ``sum_r n_r``, publishes, waits: every slice of the shared mean is then complete, and every rank's gradients
-       are views of it (an all-gather without copying).
+    - **sharded** (after :meth:`share` with an Adam optimizer; what the trainer uses): the parameters and Adam's
+      state live in shared memory, one copy for all ranks, and each rank owns a share of the parameters (balanced by
+      size). A rank writes into its row only the gradients of the parameters others own; it averages its own
+      gradients and the others' rows over its own parameters only, and :meth:`step` runs Adam on them alone, in
+      place, then waits for every rank's step: each rank writes ``(world - 1) / world`` of its gradients and does
+      ``1 / world`` of the averaging and of the optimizer's work, and nothing is gathered, since every rank reads
+      the same weights. (ZeRO stage 1's partitioned optimizer,
+      Rajbhandari et al., SC 2020, with shared memory in place of the all-gather.)
+    - **replicated** (no :meth:`share`): each rank averages the rows over its slice of the elements into a shared
+      mean and waits for the others: every rank's gradients are then views of the whole mean, and each rank's own
+      optimizer steps its own parameters.
 
     Waiting is a spin on the other ranks' counters (a few microseconds), falling back to short sleeps after a few
     milliseconds (a rank saving a checkpoint, a slow rank) and to an error naming the ranks that never arrived after
-    ``timeout_s``. That a rank sees another's gradients once it sees its counter rests on x86's store order (TSO:
-    stores become visible in program order; the gradients are written by ordinary vector stores, not streaming
-    ones); elsewhere the wait is a 4-byte gloo all-reduce instead, whose socket round trip orders the memory.
-    Rows, tails and means come in two sets that alternate between steps, so a rank may write the next step's while
-    another still reads this one's (it cannot come back to the same set before that rank has published the next
-    step's first phase, which it does only after it is done with this one). The file is unlinked as soon as every
-    rank has mapped it, so nothing is left behind even if a rank dies.
+    ``timeout_s``. That a rank sees another's writes once it sees its counter rests on x86's store order (TSO: stores
+    become visible in program order; a locked instruction before each publication also orders streaming stores);
+    elsewhere the wait is a 4-byte gloo all-reduce instead, whose socket round trip orders the memory. Rows, tails
+    and means come in two sets that alternate between steps, so a rank may write the next step's while another still
+    reads this one's. The files are unlinked as soon as every rank has mapped them, so nothing is left behind even
+    if a rank dies.
 
     The same results as :class:`GradientBuckets` (``sum_r n_r g_r / sum_r n_r``, ``None`` where no rank had a
-    gradient, the global mean loss, count and stop flag); the sums run over the ranks in rank order.
-    Built by :func:`gradient_reducer` when every rank is on this machine and the gradients are CPU tensors of one dtype.
-
-    The gradients are shared between the ranks, so nothing may change them in place: :meth:`finish` with
-    ``private=True`` (the trainer asks for it when it clips gradient norms) copies them into this rank's own buffer.
+    gradient, the global mean loss, count and stop flag, and the same Adam step); the sums run over the ranks in
+    rank order. Built by :func:`gradient_reducer` when every rank is on this machine and the gradients are CPU
+    tensors of one dtype. Nothing may change shared gradients in place: ``finish(private=True)`` (the trainer asks
+    for it when it clips gradient norms) gives every rank the whole mean in a buffer of its own.
     """
 
     #: spin this long on the counters before sleeping between looks (seconds)
     SPIN_S = 0.002
+    #: the optimizer state :meth:`share` puts in shared memory (``torch.optim.Adam`` without amsgrad)
+    ADAM_STATE = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params, path: str, timeout_s: float = 1800.0):
+    def __init__(self, params, paths: dict, timeout_s: float = 1800.0):
         self.params = list(params)
         self.sizes = [p.numel() for p in self.params]
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         self.numel = sum(self.sizes)
         self.world, self.rank = world_size(), rank()
         self.timeout_s = timeout_s
         dtype = self.params[0].dtype
         layout = shared_memory_layout(len(self.params), self.numel, self.world, dtype)
-        raw = torch.from_file(path, shared=True, size=layout["nbytes"], dtype=torch.uint8)
+        raw = torch.from_file(paths["exchange"], shared=True, size=layout["nbytes"], dtype=torch.uint8)
 
         def region(name, dtype, shape):
             offset, nbytes = layout[name]
@@ -346,12 +363,92 @@ class SharedMemoryGradients:
         self.tails = region("tails", torch.float64, (2, self.world, len(self.params) + 3))
         self.rows = region("rows", dtype, (2, self.world, self.numel))
         self.means = region("means", dtype, (2, self.numel))
+        # the sharded mode's weights and Adam state, each in a file of its own (a checkpoint saves a tensor's whole
+        # storage), mapped now so that the files can go at once
+        self.weights = self.moments = self.step_counts = None
+        if "weights" in paths:
+            self.weights = torch.from_file(paths["weights"], shared=True, size=self.numel, dtype=dtype)
+            self.moments = {k: torch.from_file(paths[k], shared=True, size=self.numel, dtype=dtype) for k in self.ADAM_STATE}
+            self.step_counts = torch.from_file(paths["steps"], shared=True, size=len(self.params), dtype=torch.float32)
         self.lo, self.hi = shard_bounds(self.numel, self.world, self.rank)
-        self.own = None  # this rank's copy of the gradients, for finish(private=True)
-        self.phase = 0
+        self.own = None  # this rank's copy of the gradients (finish(private=True), and the sharded mode's averages)
+        self.phase, self.steps = 0, 0
         self.spin = _stores_in_order()
+        self.optimizer = None  # set by share(): the sharded mode
+        self.owned = [True] * len(self.params)
+        self.installed = [False] * len(self.params)
 
+    # -- the sharded mode ---------------------------------------------------------------------------------------
+    @classmethod
+    def can_share(cls, optimizer) -> bool:
+        """Whether :meth:`share` takes ``optimizer``: a ``torch.optim.Adam`` without amsgrad, fused or capturable steps."""
+        return type(optimizer) is torch.optim.Adam and not any(
+            g.get("amsgrad") or g.get("fused") or g.get("capturable") or g.get("differentiable") for g in optimizer.param_groups
+        )
+
+    def share(self, optimizer) -> bool:
+        """Put the parameters and ``optimizer``'s state in shared memory and split the optimizer's work between the ranks.
+
+        Every rank must hold the same parameters and optimizer state (the trainer broadcasts rank 0's and restores
+        the same checkpoint everywhere); rank 0's are copied. Returns False, and changes nothing, for an optimizer
+        that :meth:`can_share` refuses, or when :func:`gradient_reducer` made no state files.
+        """
+        ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if not (self.weights is not None and self.can_share(optimizer) and ids == {id(p) for p in self.params}):
+            return False
+        if self.rank == 0:
+            with torch.no_grad():
+                for i, (p, o, k) in enumerate(zip(self.params, self.offsets, self.sizes)):
+                    self.weights[o : o + k].copy_(p.detach().reshape(-1))
+                    state = optimizer.state.get(p, {})
+                    for key in self.ADAM_STATE:
+                        source = state.get(key)
+                        self.moments[key][o : o + k].copy_(source.reshape(-1) if source is not None else torch.zeros(k))
+                    self.step_counts[i] = float(state["step"]) if "step" in state else 0.0
+        self._arrive()  # rank 0's copies are in place
+        had_state = [bool(optimizer.state.get(p)) for p in self.params]
+        for p, o, k in zip(self.params, self.offsets, self.sizes):
+            p.data = self.weights[o : o + k].view_as(p)
+        self.optimizer = optimizer
+        for i, had in enumerate(had_state):
+            if had:
+                self._install(i)
+        self.owned = _balanced_owners(self.sizes, self.world, self.rank)
+        self._arrive()  # nobody steps before every rank points at the shared weights
+        return True
+
+    def _install(self, i: int) -> None:
+        """Parameter ``i``'s optimizer state: views of the shared state, on every rank (rank 0's checkpoints hold it all)."""
+        p, o, k = self.params[i], self.offsets[i], self.sizes[i]
+        state = {key: self.moments[key][o : o + k].view_as(p) for key in self.ADAM_STATE}
+        self.optimizer.state[p] = {"step": self.step_counts[i], **state}
+        self.installed[i] = True
+
+    def _unshare(self) -> None:
+        """Give every parameter and optimizer state back a private copy (after the fit, the ranks go separate ways)."""
+        if self.optimizer is None:
+            return
+        for i, p in enumerate(self.params):
+            p.data = p.data.clone()
+            if self.installed[i]:
+                self.optimizer.state[p] = {key: value.clone() for key, value in self.optimizer.state[p].items()}
+        self.optimizer = None
+
+    def step(self, optimizer) -> None:
+        """The optimizer step after :meth:`finish`: in the sharded mode this rank's parameters only, then wait for
+        every rank's (the weights are whole again); else ``optimizer.step()``."""
+        if self.optimizer is None:
+            optimizer.step()
+            return
+        for p, mine in zip(self.params, self.owned):
+            if not mine:
+                p.grad = None
+        optimizer.step()
+        self._arrive()
+
+    # -- the exchange -------------------------------------------------------------------------------------------
     def remove(self) -> None:
+        self._unshare()
         self.counters = self.tails = self.rows = self.means = None
 
     def arm(self, n: int) -> None:
@@ -385,38 +482,72 @@ class SharedMemoryGradients:
                     time.sleep(1e-4)  # a long wait (a rank saving a checkpoint): stop holding a core
 
     def finish(self, loss, stop: bool, private: bool = False) -> tuple[float, float, bool]:
-        """After ``backward``: see :meth:`GradientBuckets.finish`. ``private``: gradients in this rank's own buffer, not
-        views of the shared mean (for code that changes them in place, e.g. norm clipping)."""
-        parity = (self.phase // 2) % 2
+        """After ``backward``: see :meth:`GradientBuckets.finish`; then :meth:`step`. ``private``: every gradient, in
+        this rank's own buffer (for code that changes them in place, e.g. norm clipping)."""
+        parity = self.steps % 2
+        self.steps += 1
         row = self.rows[parity, self.rank]
-        offset = 0
+        # sharded: the other ranks read only the gradients of the parameters they own; this rank's own it keeps
+        sharded = self.optimizer is not None and not private
         with torch.no_grad():
-            for p, k in zip(self.params, self.sizes):
-                part = row[offset : offset + k]
+            for p, o, k, mine in zip(self.params, self.offsets, self.sizes, self.owned):
+                if sharded and mine:
+                    continue
                 if p.grad is None:
-                    part.zero_()
+                    row[o : o + k].zero_()
                 else:
-                    torch.mul(p.grad.reshape(-1), self._n, out=part)
-                offset += k
+                    torch.mul(p.grad.reshape(-1), self._n, out=row[o : o + k])
         flags = [0.0 if p.grad is None else 1.0 for p in self.params]
         n_loss = float(loss.detach()) * self._n if loss is not None else 0.0
         self.tails[parity, self.rank] = torch.tensor([*flags, n_loss, self._n, float(stop)], dtype=torch.float64)
         self._arrive()  # every rank's row and tail are written
         tail = self.tails[parity].sum(0).tolist()
         present, (loss_total, total, stops) = tail[: len(self.params)], tail[len(self.params) :]
-        means = self.means[parity]
-        lo, hi = self.lo, self.hi
-        torch.sum(self.rows[parity, :, lo:hi], 0, out=means[lo:hi]).div_(total)
-        self._arrive()  # every slice of the mean is written
-        if private:
+        rows = self.rows[parity]
+        if private or self.optimizer is not None:
             if self.own is None:
-                self.own = torch.empty_like(means)
-            means = self.own.copy_(means)
-        offset = 0
-        for p, k, seen in zip(self.params, self.sizes, present):
-            p.grad = means[offset : offset + k].view_as(p) if seen > 0 else None
-            offset += k
+                self.own = torch.empty_like(self.means[0])
+            means = self.own
+            if private:  # the whole mean
+                torch.sum(rows, 0, out=means).div_(total)
+            else:  # the mean over this rank's parameters, which it alone steps: its gradient and the others' rows
+                with torch.no_grad():
+                    for p, o, k, mine, seen in zip(self.params, self.offsets, self.sizes, self.owned, present):
+                        if mine and seen > 0:
+                            others = [rows[r, o : o + k] for r in range(self.world) if r != self.rank]
+                            part = means[o : o + k]
+                            if p.grad is None:
+                                part.copy_(others[0])
+                            else:
+                                torch.add(others[0], p.grad.reshape(-1), alpha=self._n, out=part)
+                            for other in others[1:]:
+                                part.add_(other)
+                            part.div_(total)
+        else:  # replicated: this rank's slice of the shared mean; the others write theirs
+            means = self.means[parity]
+            torch.sum(rows[:, self.lo : self.hi], 0, out=means[self.lo : self.hi]).div_(total)
+            self._arrive()  # every slice of the mean is written
+        for i, (p, o, k, seen) in enumerate(zip(self.params, self.offsets, self.sizes, present)):
+            if seen > 0 and (private or self.owned[i]):
+                p.grad = means[o : o + k].view_as(p)
+                if self.optimizer is not None and not self.installed[i]:
+                    self._install(i)  # the first step that moves it: every rank adds its state, as Adam would
+            else:
+                p.grad = None
+                if seen > 0 and self.optimizer is not None and not self.installed[i]:
+                    self._install(i)
         return loss_total / total, total, stops > 0
+
+
+def _balanced_owners(sizes: list[int], world: int, which: int) -> list[bool]:
+    """Which parameters rank ``which`` steps: the largest first, each to the rank with the fewest elements so far."""
+    load = [0] * world
+    owner = [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += sizes[i]
+    return [o == which for o in owner]
 
 
 def shared_memory_layout(n_params: int, numel: int, world: int, dtype: torch.dtype) -> dict:
@@ -449,41 +580,52 @@ def _fence() -> None:
         pass
 
 
-def gradient_reducer(params):
+def gradient_reducer(params, optimizer=None):
     """The gradient averager of a data-parallel step: :class:`SharedMemoryGradients` when every rank is on this
-    machine with CPU gradients of one dtype and ``/dev/shm`` has room, else :class:`GradientBuckets` (gloo across
-    machines, NCCL on GPUs). Rank 0 decides and tells the others, so every rank takes the same one."""
+    machine with CPU gradients of one dtype and ``/dev/shm`` has room (with room for ``optimizer``'s state too when
+    :meth:`SharedMemoryGradients.can_share` takes it: call :meth:`~SharedMemoryGradients.share` once the state is
+    final), else :class:`GradientBuckets` (gloo across machines, NCCL on GPUs). Rank 0 decides and tells the others,
+    so every rank takes the same one."""
     import secrets
     from pathlib import Path
 
     params = list(params)
-    nbytes = shared_memory_layout(len(params), sum(p.numel() for p in params), world_size(), params[0].dtype)["nbytes"] if params else 0
-    path = None
+    paths = None
     wanted = os.environ.get("PYRO_GEN_SHM_GRADIENTS", "1") != "0"  # 0: always the gloo buckets
     if wanted and rank() == 0 and params and local_world_size() == world_size() and dist.get_backend() == "gloo":
         one_kind = all(p.device.type == "cpu" and p.dtype == params[0].dtype and p.dtype.is_floating_point for p in params)
+        numel, item = sum(p.numel() for p in params), params[0].element_size()
+        sizes = {"exchange": shared_memory_layout(len(params), numel, world_size(), params[0].dtype)["nbytes"]}
+        if optimizer is not None and SharedMemoryGradients.can_share(optimizer):
+            sizes.update({"weights": numel * item, "steps": len(params) * 4})
+            sizes.update({k: numel * item for k in SharedMemoryGradients.ADAM_STATE})
         shm = Path("/dev/shm")
         try:
             stat = os.statvfs(shm)
             room = stat.f_bavail * stat.f_frsize * SHM_SHARE
         except OSError:
             room = 0
-        if one_kind and nbytes <= room:
-            path = str(shm / f"pyro_gen_grads_{secrets.token_hex(8)}")
+        if one_kind and sum(sizes.values()) <= room:
+            prefix = shm / f"pyro_gen_grads_{secrets.token_hex(8)}"
+            paths = {k: f"{prefix}.{k}" for k in sizes}
             try:
-                with open(path, "wb") as f:
-                    f.truncate(nbytes)
+                for k, nbytes in sizes.items():
+                    with open(paths[k], "wb") as f:
+                        f.truncate(nbytes)
             except OSError:
-                path = None
-    path = broadcast_object(path)
-    if path is None:
+                for path in paths.values():
+                    Path(path).unlink(missing_ok=True)
+                paths = None
+    paths = broadcast_object(paths)
+    if paths is None:
         return GradientBuckets(params)
     try:
-        reducer = SharedMemoryGradients(params, path)
+        reducer = SharedMemoryGradients(params, paths)
     finally:
-        # every rank has mapped the file (or failed to): it can go. An all-reduce, not barrier(): a gloo barrier soon
+        # every rank has mapped the files (or failed to): they can go. An all-reduce, not barrier(): a gloo barrier soon
         # followed by the end of the process group can abort a peer (pytorch/gloo issue 155)
         all_reduce_(torch.zeros(1))
         if rank() == 0:
-            os.unlink(path)
+            for path in paths.values():
+                os.unlink(path)
     return reducer

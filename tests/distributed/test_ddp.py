@@ -91,17 +91,22 @@ def data():
     return torch.randn(N, 4, generator=g, dtype=DTYPE), torch.randn(40, 4, generator=g, dtype=DTYPE)
 
 
-def trainer(run_dir, stop_at=None):
+#: both ways of a data-parallel step: with gradient clipping (every rank averages all gradients, in a buffer of its
+#: own) and without (each rank averages and steps only its share of the parameters, which the ranks share)
+CLIPS = {"clipped": 5.0, "unclipped": None}
+
+
+def trainer(run_dir, stop_at=None, clip="clipped"):
     torch.manual_seed(0)
     return Trainer(
         Decoder(), Encoder(), MAPLoss(stop_at), lr=1e-2, batch_size=BATCH, epochs=EPOCHS, seed=3, run_dir=run_dir,
-        progress=False, clip_norm=5.0, lr_schedule="linear",
+        progress=False, clip_norm=CLIPS[clip], lr_schedule="linear",
     )  # fmt: skip
 
 
-def fit(run_dir, stop_at=None, resume=False):
+def fit(run_dir, stop_at=None, resume=False, clip="clipped"):
     train, valid = data()
-    t = trainer(run_dir, stop_at)
+    t = trainer(run_dir, stop_at, clip)
     try:
         t.fit(train, valid, resume=resume)
     except TrainingInterrupted:
@@ -142,7 +147,7 @@ def eval_scores(**kwargs) -> dict:
 
 
 # -- what the ranks do ---------------------------------------------------------------------------
-def _rank_main(rank, world, port, tmp):
+def _rank_main(rank, world, port, tmp, clip):
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world),
@@ -153,12 +158,12 @@ def _rank_main(rank, world, port, tmp):
     assert distributed.setup("cpu")
     tmp = Path(tmp)
     outcome = {
-        "full": fit(tmp / "ddp_full"),
-        "interrupt": fit(tmp / "ddp_resumed", stop_at=STOP_AT if rank == 1 else None),  # SIGTERM on rank 1 only
+        "full": fit(tmp / "ddp_full", clip=clip),
+        "interrupt": fit(tmp / "ddp_resumed", stop_at=STOP_AT if rank == 1 else None, clip=clip),  # SIGTERM on rank 1 only
     }
-    outcome["resume"] = fit(tmp / "ddp_resumed", resume=True)
-    fit(tmp / "ddp_stopped", stop_at=STOP_AT + 5 if rank == 0 else None)  # left for one process to resume
-    outcome["single_resumed"] = fit(tmp / "single_then_ddp", resume=True)
+    outcome["resume"] = fit(tmp / "ddp_resumed", resume=True, clip=clip)
+    fit(tmp / "ddp_stopped", stop_at=STOP_AT + 5 if rank == 0 else None, clip=clip)  # left for one process to resume
+    outcome["single_resumed"] = fit(tmp / "single_then_ddp", resume=True, clip=clip)
     scores = eval_scores()
     if rank == 0:
         torch.save({"outcome": outcome, "eval": scores}, tmp / "rank0.pt")
@@ -171,14 +176,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
-    fit(tmp / "single")  # the truth
-    assert fit(tmp / "single_then_ddp", stop_at=13) == "interrupted"  # epoch 2, batch 3: resumed by 2 ranks
-    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(tmp)), nprocs=2, join=True)
+@pytest.fixture(scope="module", params=list(CLIPS))
+def runs(tmp_path_factory, request):
+    clip = request.param
+    tmp = tmp_path_factory.mktemp(f"ddp_{clip}")
+    fit(tmp / "single", clip=clip)  # the truth
+    assert fit(tmp / "single_then_ddp", stop_at=13, clip=clip) == "interrupted"  # epoch 2, batch 3: resumed by 2 ranks
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(tmp), clip), nprocs=2, join=True)
     out = torch.load(tmp / "rank0.pt", weights_only=False)
-    assert fit(tmp / "ddp_stopped", resume=True) == "finished"  # 2 ranks -> one process
+    assert fit(tmp / "ddp_stopped", resume=True, clip=clip) == "finished"  # 2 ranks -> one process
     return tmp, out
 
 

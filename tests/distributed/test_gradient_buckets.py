@@ -38,6 +38,10 @@ def _rank_main(rank, world, port, tmp, kind):
 
     distributed.setup("cpu")
     net = _net()
+    if kind == "sharded":
+        _sharded_steps(rank, net, tmp)
+        distributed.shutdown()
+        return
     if kind == "buckets":
         buckets = distributed.GradientBuckets(list(net.parameters()), bucket_bytes=32)  # a bucket every parameter or two
     else:
@@ -62,6 +66,64 @@ def _rank_main(rank, world, port, tmp, kind):
             torch.save({"loss": second[0], "total": second[1]}, Path(tmp) / "second.pt")
     buckets.remove()
     distributed.shutdown()
+
+
+def _sharded_steps(rank, net, tmp):
+    """Two Adam steps with the parameters and Adam's state shared, each rank stepping its share of them."""
+    from pyro_gen import distributed
+
+    params = list(net.parameters())
+    optimizer = torch.optim.Adam(params, lr=0.1)
+    reducer = distributed.gradient_reducer(params, optimizer)
+    assert reducer.share(optimizer) and sum(reducer.owned) not in (0, len(params))  # both ranks own some
+    for step in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        x = _data(rank if step == 0 else 1 - rank)
+        loss = _loss(net, x, rank)
+        reducer.arm(len(x))
+        loss.backward()
+        reducer.finish(loss, stop=False)
+        reducer.step(optimizer)
+    shared = {name: p.detach().clone() for name, p in net.named_parameters()}
+    reducer.remove()  # the parameters and state go back to private copies
+    if rank == 0:
+        torch.save({"params": shared, "optimizer": optimizer.state_dict()}, Path(tmp) / "sharded.pt")
+    with torch.no_grad():  # private now: rank 1's change does not reach rank 0
+        for p in params:
+            p.add_(float(rank))
+    distributed.all_reduce_(torch.zeros(1))
+    if rank == 0:
+        assert all(torch.equal(p, shared[name]) for name, p in net.named_parameters())
+
+
+def test_sharded_adam_steps_equal_one_process(tmp_path):
+    """Each rank averaging and stepping only its share of the shared parameters gives one process's Adam steps on the
+    datapoint-weighted mean gradient, with the state of every moved parameter (and none for the unused one)."""
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), "sharded"), nprocs=2, join=True)
+    got = torch.load(tmp_path / "sharded.pt", weights_only=False)
+    net = _net()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    for step in range(2):
+        total, grads = 0, {}
+        for rank in (0, 1):
+            x = _data(rank if step == 0 else 1 - rank)
+            net.zero_grad(set_to_none=True)
+            _loss(net, x, rank).backward()
+            for name, p in net.named_parameters():
+                if p.grad is not None:
+                    grads[name] = grads.get(name, 0) + p.grad * len(x)
+            total += len(x)
+        for name, p in net.named_parameters():
+            p.grad = grads[name] / total if name in grads else None
+        optimizer.step()
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(got["params"][name], p.detach(), rtol=1e-6, atol=1e-7)
+    want, have = optimizer.state_dict()["state"], got["optimizer"]["state"]
+    assert sorted(have) == sorted(want)  # the never-used parameter has no state, as in one process
+    for i in want:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(have[i][key], want[i][key], rtol=1e-6, atol=1e-7)
+    assert not list(Path("/dev/shm").glob("pyro_gen_grads_*"))
 
 
 def _free_port() -> int:
