@@ -460,7 +460,7 @@ class LatentModel(nn.Module):
         )
         per_value = self.likelihood.params_per_value
         expected = per_value * math.prod(self.data_shape)
-        if out.shape[: len(batch)] != batch or out[(0,) * len(batch)].numel() != expected:
+        if out.shape[: len(batch)] != batch or math.prod(out.shape[len(batch) :]) != expected:
             raise DataError(
                 f"the decoder returned shape {tuple(out.shape)} for latent batch shape {tuple(batch)}, but the "
                 f"{type(self.likelihood).__name__} likelihood over data_shape {self.data_shape} needs "

@@ -93,7 +93,9 @@ class _IndependentBernoulli(dist.Independent):
         return super().expand(batch_shape, _instance=new)
 
     def log_prob(self, value):
-        logits, value = torch.distributions.utils.broadcast_all(self.base_dist.logits, value)
+        logits = self.base_dist.logits
+        if not (torch.is_tensor(value) and value.shape == logits.shape):  # every training step has equal shapes: no op
+            logits, value = torch.distributions.utils.broadcast_all(logits, value)
         per_value = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
         dims = tuple(range(-self.reinterpreted_batch_ndims, 0))
         return -(per_value.sum(dims) if dims else per_value)
