@@ -291,6 +291,7 @@ def epochs_record(history: list[dict], epochs: int) -> dict:
         "stopped_early": len(history) < epochs,
         "seconds_per_epoch": sum(r["seconds"] for r in history) / max(len(history), 1),
         "final_train_loss": history[-1]["train_loss"] if history else math.nan,
-        # the last epoch's intra-op threads and ranks (records of runs before issue #12 have neither)
-        **{k: history[-1][k] for k in ("threads", "ranks") if history and k in history[-1]},
+        # the last epoch's intra-op threads and ranks (records of runs before issue #12 have neither), and rank 0's
+        # CPUs when the ranks were bound to them (train.bind_cpus)
+        **{k: history[-1][k] for k in ("threads", "ranks", "bound_cpus") if history and k in history[-1]},
     }

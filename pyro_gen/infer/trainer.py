@@ -1316,6 +1316,9 @@ class Trainer:
                 self._check_blow_up(train_loss, epoch)
             record = {"epoch": epoch + 1, "train_loss": train_loss, "seconds": seconds, **losses}
             record.update(threads=torch.get_num_threads(), ranks=self._world)
+            bound = (self.threads_choice or {}).get("bound_cpus")
+            if isinstance(bound, list):  # this rank's CPUs (train.bind_cpus); rank 0's, since rank 0 writes the record
+                record["bound_cpus"] = bound
             record.update({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()})
             if hasattr(self.objective, "beta_now"):
                 record["beta"] = self.objective.beta_now

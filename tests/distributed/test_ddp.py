@@ -255,5 +255,8 @@ def test_torchrun_trains_and_scores_a_run_with_two_ranks(tmp_path):
     assert done.stdout.count("run directory:") == 1  # rank 0 alone reports
     training = json.loads((run_dir / "training.json").read_text())
     assert (training["epochs"], training["ranks"], training["threads"]) == (2, 2, 1)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) >= 2:  # rank 0 was bound to the first share of the CPUs (train.bind_cpus: null, threads chosen)
+        assert training["bound_cpus"] == cpus[: len(cpus) // 2]
     assert math.isfinite(json.loads((run_dir / "metrics.json").read_text())["test_nll"])
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
