@@ -3,15 +3,18 @@
 The library's VAE on binarized-MNIST-shaped data (784-300-300-40 MLPs, ELBO, Adam), trained by the one
 ``Trainer`` with the same *per-rank* batch (``--batch``) and one intra-op thread per rank: 1 rank takes
 global batches of ``batch``, 2 ranks global batches of ``2 * batch``, each rank its half, and the gradients
-averaged by the trainer's all-reduce (gloo). The ranks are started by ``torch.multiprocessing.spawn`` with
+averaged by the trainer's reducer (on one machine: shared memory, each rank stepping its share of the shared
+weights; ``PYRO_GEN_SHM_GRADIENTS=0`` for gloo's all-reduces). The ranks are started by ``torch.multiprocessing.spawn`` with
 torchrun's environment variables (what ``torchrun --nproc_per_node N`` gives them). Throughput is
 training samples per second over one epoch of ``--steps`` steps (the epoch time the trainer records,
 which excludes start-up); 1-rank and 2-rank runs alternate ``--reps`` times.
 
-    python bench/ddp_throughput.py [--steps 100] [--batch 128] [--reps 3] [--net mlp|conv]
+    python bench/ddp_throughput.py [--steps 100] [--batch 128] [--reps 3] [--net mlp|conv] [--ceiling] [--bind]
 
 ``--net conv`` trains the convolutional VAE instead (32 channels): more arithmetic per parameter, so the
-all-reduce is a smaller share of a step. Both are the library's models; say which one a figure is for.
+exchange is a smaller share of a step. Both are the library's models; say which one a figure is for.
+``--ceiling`` also times two independent 1-rank runs at once (what two processes get from the machine at
+all); ``--bind`` sets ``train.bind_cpus: true``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def _free_port() -> int:
 
 
 def _rank(
-    rank: int, world: int, port: int, steps: int, batch: int, out: str, net: str = "mlp", independent: bool = False, bind: bool = True
+    rank: int, world: int, port: int, steps: int, batch: int, out: str, net: str = "mlp", independent: bool = False, bind: bool = False
 ) -> None:
     if independent:  # the machine's ceiling: ``world`` single-process runs at once, no process group, no all-reduce
         _rank(0, 1, 0, steps, batch, f"{out}.{rank}", net)
@@ -56,16 +59,14 @@ def _rank(
     guide = make_guide("normal", model, hidden=hidden, net=net)
     n = steps * batch * world
     x = torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=torch.Generator().manual_seed(0))
-    trainer = Trainer(
-        model, guide, "elbo", lr=1e-3, batch_size=batch * world, epochs=1, progress=False, threads=1, bind_cpus=None if bind else False
-    )
+    trainer = Trainer(model, guide, "elbo", lr=1e-3, batch_size=batch * world, epochs=1, progress=False, threads=1, bind_cpus=bind)
     history = trainer.fit(x)
     if rank == 0:
         Path(out).write_text(json.dumps({"seconds": history[0]["seconds"], "samples": n, "threads": history[0]["threads"]}))
     distributed.shutdown()
 
 
-def run(world: int, steps: int, batch: int, net: str = "mlp", independent: bool = False, bind: bool = True) -> float:
+def run(world: int, steps: int, batch: int, net: str = "mlp", independent: bool = False, bind: bool = False) -> float:
     """Samples per second: of one run over ``world`` ranks, or (``independent``) summed over ``world`` 1-rank runs at once."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
@@ -88,14 +89,14 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--net", choices=("mlp", "conv"), default="mlp", help="the VAE's networks")
     p.add_argument("--ceiling", action="store_true", help="also time 2 independent 1-rank runs at once: the machine's ceiling")
-    p.add_argument("--no-bind", action="store_true", help="leave the ranks to the scheduler (train.bind_cpus: false)")
+    p.add_argument("--bind", action="store_true", help="bind each rank to its own CPUs (train.bind_cpus: true)")
     args = p.parse_args(argv)
     print(f"# {' '.join(['python', *sys.argv])}  ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)")
     print(f"usable CPUs: {len(os.sched_getaffinity(0))}, load average before: {os.getloadavg()}")
     rates = {1: [], 2: [], "ceiling": []}
     for rep in range(args.reps):
         for world in (1, 2):
-            rates[world].append(run(world, args.steps, args.batch, args.net, bind=not args.no_bind))
+            rates[world].append(run(world, args.steps, args.batch, args.net, bind=args.bind))
             print(f"rep {rep + 1}: {world} rank(s): {rates[world][-1]:.0f} samples/s", flush=True)
         if args.ceiling:
             rates["ceiling"].append(run(2, args.steps, args.batch, args.net, independent=True))

@@ -107,9 +107,9 @@ class TrainConfig:
     #: torch's intra-op threads while training; null: chosen from the CPUs the process may use and the size of a
     #: step, one share per rank under torchrun (:func:`pyro_gen.infer.trainer.choose_threads`)
     threads: int | None = setting(None, low=1, high=1024)
-    #: several ranks on one machine's CPUs (torchrun): true binds each to its own share of the CPUs, false leaves
-    #: them to the scheduler; null binds when ``threads`` is null (:func:`pyro_gen.infer.trainer.bind_rank_cpus`)
-    bind_cpus: bool | None = None
+    #: several ranks on one machine's CPUs (torchrun): true binds each to its own share of the CPUs the process may
+    #: use, false leaves them to the scheduler (:func:`pyro_gen.infer.trainer.bind_rank_cpus`)
+    bind_cpus: bool = False
     #: ``float32``, or ``bf16``: each training step's networks under bfloat16 autocast, every density and the loss in
     #: float32, validation and evaluation in float32 (:mod:`pyro_gen.infer.precision`); for CUDA, off by default
     precision: str = setting("float32", choices=PRECISIONS)

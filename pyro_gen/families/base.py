@@ -220,7 +220,7 @@ def make_trainer(config: RunConfig, model, guide, objective, run: RunDir | None,
         model, guide, objective, lr=t.lr, batch_size=t.batch_size, epochs=t.epochs, device=t.device, seed=t.seed,
         run_dir=None if run is None else run.path, patience=patience, progress=t.progress, clip_norm=t.clip_norm,
         lr_schedule=t.lr_schedule, threads="auto" if getattr(t, "threads", None) is None else t.threads,
-        precision=getattr(t, "precision", "float32"), bind_cpus=getattr(t, "bind_cpus", None),
+        precision=getattr(t, "precision", "float32"), bind_cpus=getattr(t, "bind_cpus", False),
     )  # fmt: skip
 
 

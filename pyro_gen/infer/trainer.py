@@ -657,10 +657,11 @@ class Trainer:
         autocast, with every density and the loss in float32 (:mod:`pyro_gen.infer.precision`); validation
         and evaluation always run in float32.
     :param bind_cpus: data-parallel ranks on one machine's CPUs: bind each rank to its own share of the CPUs
-        this process may use (:func:`bind_rank_cpus`; ``None``, the default: when the trainer chose the threads,
-        ``threads`` not ``None``), or not (``False``). A rank that stays on its cores keeps its caches and does not
-        wait for the scheduler to move it back; every rank waits for the slowest at each step, so that variance
-        costs all of them. The affinity is restored after :meth:`fit`; the choice is in :attr:`threads_choice`.
+        this process may use (:func:`bind_rank_cpus`), as CPU launchers such as Intel's do, so that the scheduler
+        cannot stack two ranks on one core. Off by default: on the 2-core VM of BENCHMARKS.md section 9d it made
+        no measurable difference, and two jobs on one machine that both bind would share their first cores
+        while the scheduler spreads them. The affinity is restored after :meth:`fit`; the choice is in
+        :attr:`threads_choice` and in the epochs' records (``bound_cpus``).
 
     **CUDA**: with ``device="cuda"`` a tensor dataset (without a per-batch transform) that takes at most a
     quarter of the free GPU memory is moved to the GPU once, before the first epoch (:attr:`data_on_device`),
@@ -669,10 +670,12 @@ class Trainer:
     **Data-parallel** (under ``torchrun``, see :mod:`pyro_gen.distributed`): :meth:`fit` joins the process
     group, gives each rank its slice of every global batch (:meth:`TensorBatches.shard`; the data plate
     keeps the full data size, ``batch_size`` is the global batch), and after each backward pass averages
-    the gradients over the ranks by one explicit all-reduce, each rank's weighted by its datapoints, so
-    that every rank's optimizer takes the step one process would take on the whole batch (learning rate
-    and schedules keep their meaning). The same all-reduce carries the loss and a stop request (SIGTERM
-    on any rank stops all of them after the same batch). Rank 0 alone writes checkpoints and
+    the gradients over the ranks, each rank's weighted by its datapoints, so that the optimizer takes the
+    step one process would take on the whole batch (learning rate and schedules keep their meaning): by
+    :func:`~pyro_gen.distributed.gradient_reducer`'s reducer, which on one machine's CPUs shares the weights
+    and Adam's state between the ranks and has each step its own share of the parameters, and elsewhere
+    all-reduces gradients during backward for every rank to step its own copy. The same exchange carries
+    the loss and a stop request (SIGTERM on any rank stops all of them after the same batch). Rank 0 alone writes checkpoints and
     ``metrics.jsonl`` and shows progress; checkpoints hold global state only, so a run resumes under
     another number of ranks. Each rank's random draws are seeded per batch from ``(seed, epoch, batch,
     rank)``: distinct across ranks, and a function of the position, so a distributed run resumes exactly.
@@ -698,11 +701,11 @@ class Trainer:
         divergence_factor: float | None = 100.0,
         threads: int | str | None = None,
         precision: str = "float32",
-        bind_cpus: bool | None = None,
+        bind_cpus: bool = False,
     ):
         self.precision = check_precision(precision)
-        if bind_cpus not in (None, True, False):
-            raise ConfigError(f"bind_cpus must be true, false or null (bind when several ranks share this machine), got {bind_cpus!r}")
+        if not isinstance(bind_cpus, bool):
+            raise ConfigError(f"bind_cpus must be true or false, got {bind_cpus!r}")
         self.bind_cpus = bind_cpus
         if not (threads is None or threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)):
             raise ConfigError(f"threads must be a positive integer, 'auto' or None (leave torch's setting), got {threads!r}")
@@ -1071,8 +1074,7 @@ class Trainer:
             self.threads_choice = {"threads": n, "rule": rule, "cpus": usable_cpus(), "ranks_on_this_machine": ranks_here}
             if flops is not None:
                 self.threads_choice["step_flops"] = flops
-        wanted = self.bind_cpus if self.bind_cpus is not None else self.threads is not None
-        if wanted and ranks_here > 1 and self.device.type == "cpu":
+        if self.bind_cpus and ranks_here > 1 and self.device.type == "cpu":
             before = _affinity()
             bound, why = bind_rank_cpus(distributed.local_rank(), ranks_here, torch.get_num_threads())
             if bound is not None and before is not None:

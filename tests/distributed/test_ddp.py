@@ -238,7 +238,7 @@ CONFIG = """\
 data: {name: digits, train_size: 200, valid_size: 50, test_size: 40}
 model: {latent_dim: 2, hidden: [16]}
 guide: normal
-train: {epochs: 2, batch_size: 32, progress: false}
+train: {epochs: 2, batch_size: 32, progress: false, bind_cpus: true}
 eval: {nll_samples: 20, images: false}
 """
 
@@ -256,7 +256,7 @@ def test_torchrun_trains_and_scores_a_run_with_two_ranks(tmp_path):
     training = json.loads((run_dir / "training.json").read_text())
     assert (training["epochs"], training["ranks"], training["threads"]) == (2, 2, 1)
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cpus) >= 2:  # rank 0 was bound to the first share of the CPUs (train.bind_cpus: null, threads chosen)
+    if len(cpus) >= 2:  # rank 0 was bound to the first share of the CPUs (train.bind_cpus: true)
         assert training["bound_cpus"] == cpus[: len(cpus) // 2]
     assert math.isfinite(json.loads((run_dir / "metrics.json").read_text())["test_nll"])
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2

@@ -13,6 +13,12 @@ from torch import nn
 pytestmark = pytest.mark.slow
 
 
+def distributed_spins() -> bool:
+    from pyro_gen.distributed import _stores_in_order
+
+    return _stores_in_order()
+
+
 def _net():
     torch.manual_seed(0)
     return nn.ModuleDict({"a": nn.Linear(3, 5), "b": nn.Linear(5, 2), "unused_on_rank_1": nn.Linear(3, 2), "never": nn.Linear(2, 2)})
@@ -40,6 +46,20 @@ def _rank_main(rank, world, port, tmp, kind):
     net = _net()
     if kind == "sharded":
         _sharded_steps(rank, net, tmp)
+        distributed.shutdown()
+        return
+    if kind == "late_rank":
+        reducer = distributed.gradient_reducer(list(net.parameters()))
+        reducer.timeout_s = 1.0
+        if rank == 0:  # rank 1 never arrives: rank 0 names it instead of waiting forever
+            x = _data(0)
+            loss = _loss(net, x, 0)
+            reducer.arm(len(x))
+            loss.backward()
+            try:
+                reducer.finish(loss, stop=False)
+            except RuntimeError as e:
+                (Path(tmp) / "error.txt").write_text(str(e))
         distributed.shutdown()
         return
     if kind == "buckets":
@@ -159,3 +179,10 @@ def test_reducers_give_the_datapoint_weighted_mean_gradient(tmp_path, kind):
         by_hand = sum(_loss(_net(), _data(1 - r), r).item() * len(_data(1 - r)) for r in (0, 1)) / 11
         assert second["loss"] == pytest.approx(by_hand, rel=1e-6)  # the weights did not move: no optimizer step
     assert not list(Path("/dev/shm").glob("pyro_gen_grads_*"))  # the shared file is gone
+
+
+@pytest.mark.skipif(not distributed_spins(), reason="the counters are read by spinning only on x86 (elsewhere: gloo's timeout)")
+def test_a_rank_that_never_arrives_is_named_after_the_timeout(tmp_path):
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), "late_rank"), nprocs=2, join=True)
+    message = (tmp_path / "error.txt").read_text()
+    assert message.startswith("rank(s) [1] did not reach") and "a rank died or hangs" in message

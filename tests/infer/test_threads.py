@@ -86,9 +86,9 @@ def test_nothing_is_bound_when_the_ranks_or_threads_do_not_fit(monkeypatch):
     assert calls == []
 
 
-def test_bind_cpus_takes_only_true_false_or_none():
+def test_bind_cpus_takes_only_true_or_false():
     model = vae((6,), 2, hidden=(8,))
-    with pytest.raises(ConfigError, match="bind_cpus must be true, false or null"):
+    with pytest.raises(ConfigError, match="bind_cpus must be true or false"):
         Trainer(model, make_guide("normal", model, hidden=(8,)), bind_cpus="yes")
 
 
