@@ -70,11 +70,9 @@ def run(world: int, steps: int, batch: int, net: str = "mlp", independent: bool 
     """Samples per second: of one run over ``world`` ranks, or (``independent``) summed over ``world`` 1-rank runs at once."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
-        if world == 1:
-            _rank(0, 1, 0, steps, batch, out, net)
-        else:
-            args = (world, _free_port(), steps, batch, out, net, independent, bind)
-            torch.multiprocessing.spawn(_rank, args=args, nprocs=world, join=True)
+        # the 1-rank run is a fresh process too, like each of the ranks: this process has run the others before it
+        args = (world, _free_port(), steps, batch, out, net, independent, bind)
+        torch.multiprocessing.spawn(_rank, args=args, nprocs=world, join=True)
         if independent:
             results = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
             return sum(r["samples"] / r["seconds"] for r in results)
