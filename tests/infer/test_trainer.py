@@ -608,3 +608,43 @@ def test_unknown_schedule_and_unsized_data_are_clear_errors():
     batches = (b for b in binary_data(16).split(8))  # a generator: no len()
     with pytest.raises(ConfigError, match="needs to know the run's length"):
         make_trainer(model, guide, lr_schedule="linear").fit(batches)
+
+
+# -- the optimizer's parameter order ---------------------------------------------------------------------------
+@pytest.mark.parametrize("guide_name", ["normal", "planar:2"])  # planar: a second optimizer group (lr_scaled_parameters)
+def test_checkpoints_of_the_model_first_order_resume_exactly(tmp_path, monkeypatch, guide_name):
+    """The optimizer lists the guide's parameters first (their gradients are the last backward computes); a checkpoint
+    of the first releases, model first and without ``parameter_order``, is renumbered when restored, so resuming it
+    continues exactly as an uninterrupted run."""
+    from pyro_gen.infer import trainer as trainer_module
+    from pyro_gen.infer.trainer import FIRST_PARAMETER_ORDER, Trainer, load_checkpoint, save_checkpoint
+
+    x = torch.bernoulli(torch.full((60, 6), 0.3), generator=torch.Generator().manual_seed(0))
+
+    def fit(run_dir, epochs, resume=False):
+        torch.manual_seed(0)
+        model = vae((6,), 2, hidden=(8,))
+        guide = make_guide(guide_name, model, hidden=(8,))
+        t = Trainer(model, guide, lr=1e-2, batch_size=20, epochs=epochs, progress=False, run_dir=run_dir)
+        t.fit(x, resume=resume)
+        return t
+
+    straight = fit(tmp_path / "straight", 2)
+    assert [p is q for p, q in zip(straight.optimizer.param_groups[0]["params"], straight.guide.parameters())][0]
+
+    # the first epoch as the first releases wrote it: parameters numbered model first, no "parameter_order"
+    original = trainer_module.Trainer.parameters
+    monkeypatch.setattr(trainer_module.Trainer, "parameters", lambda self, order=FIRST_PARAMETER_ORDER: original(self, order))
+    fit(tmp_path / "old", 1)
+    monkeypatch.undo()
+    ckpt = load_checkpoint(tmp_path / "old" / "last.pt")
+    del ckpt["parameter_order"]
+    save_checkpoint(ckpt, tmp_path / "old" / "last.pt")
+    first_shapes = [tuple(ckpt["optimizer"]["state"][i]["exp_avg"].shape) for i in sorted(ckpt["optimizer"]["state"])]
+    assert first_shapes[0] == tuple(next(straight.model.parameters()).shape)  # model first: renumbering is needed
+
+    resumed = fit(tmp_path / "old", 2, resume=True)
+    for a, b in zip(resumed.parameters(), straight.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(resumed.optimizer.state_dict()["state"].values(), straight.optimizer.state_dict()["state"].values()):
+        torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=0, atol=0)
