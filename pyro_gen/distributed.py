@@ -584,7 +584,7 @@ def gradient_reducer(params, optimizer=None):
     """The gradient averager of a data-parallel step: :class:`SharedMemoryGradients` when every rank is on this
     machine with CPU gradients of one dtype and ``/dev/shm`` has room (with room for ``optimizer``'s state too when
     :meth:`SharedMemoryGradients.can_share` takes it: call :meth:`~SharedMemoryGradients.share` once the state is
-    final), else :class:`GradientBuckets` (gloo across machines, NCCL on GPUs). Rank 0 decides and tells the others,
+    final; without that room, its replicated mode), else :class:`GradientBuckets` (gloo across machines, NCCL on GPUs). Rank 0 decides and tells the others,
     so every rank takes the same one."""
     import secrets
     from pathlib import Path
@@ -605,6 +605,8 @@ def gradient_reducer(params, optimizer=None):
             room = stat.f_bavail * stat.f_frsize * SHM_SHARE
         except OSError:
             room = 0
+        if sum(sizes.values()) > room:  # no room for the shared optimizer state: the replicated mode, if it fits
+            sizes = {"exchange": sizes["exchange"]}
         if one_kind and sum(sizes.values()) <= room:
             prefix = shm / f"pyro_gen_grads_{secrets.token_hex(8)}"
             paths = {k: f"{prefix}.{k}" for k in sizes}

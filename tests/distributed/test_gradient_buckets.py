@@ -4,6 +4,7 @@ small buckets) and the shared-memory reducer that ranks on one machine use (``di
 
 import os
 import socket
+import types
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,21 @@ def _rank_main(rank, world, port, tmp, kind):
     net = _net()
     if kind == "sharded":
         _sharded_steps(rank, net, tmp)
+        distributed.shutdown()
+        return
+    if kind == "no_room_for_state":  # /dev/shm holds the exchange but not Adam's shared state: the replicated mode
+        params = list(net.parameters())
+        layout = distributed.shared_memory_layout(len(params), sum(p.numel() for p in params), 2, torch.float32)
+        state = 3 * sum(p.numel() for p in params) * 4 + len(params) * 4  # weights, two moments, step counts
+        free = layout["nbytes"] + state // 2  # what /dev/shm is made to report
+        distributed.SHM_SHARE = 1.0
+        distributed.os.statvfs = lambda path: types.SimpleNamespace(f_bavail=free, f_frsize=1)
+        optimizer = torch.optim.Adam(params, lr=0.1)
+        reducer = distributed.gradient_reducer(params, optimizer)
+        result = {"kind": type(reducer).__name__, "shared": reducer.share(optimizer)}
+        if rank == 0:
+            torch.save(result, Path(tmp) / "no_room.pt")
+        reducer.remove()
         distributed.shutdown()
         return
     if kind == "late_rank":
@@ -186,3 +202,9 @@ def test_a_rank_that_never_arrives_is_named_after_the_timeout(tmp_path):
     torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), "late_rank"), nprocs=2, join=True)
     message = (tmp_path / "error.txt").read_text()
     assert message.startswith("rank(s) [1] did not reach") and "a rank died or hangs" in message
+
+
+def test_without_room_for_the_optimizer_state_the_exchange_stays_in_shared_memory(tmp_path):
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), "no_room_for_state"), nprocs=2, join=True)
+    assert torch.load(tmp_path / "no_room.pt") == {"kind": "SharedMemoryGradients", "shared": False}
+    assert not list(Path("/dev/shm").glob("pyro_gen_grads_*"))
