@@ -65,7 +65,7 @@ def peek(run: RunDir, grid: Path | None, size: int | None = None) -> None:
     atomically, so reading one while the trainer writes the next is safe)."""
     import torch
 
-    from pyro_gen.families.base import save_sample_grid
+    from pyro_gen.families.base import restore, save_sample_grid
     from pyro_gen.families.pixelcnn import PixelCNNFamily, draw_images, exact_test_nll
     from pyro_gen.models.pixelcnn import bits_per_dim
     from pyro_gen.run.data import fixed_test_data
@@ -75,8 +75,7 @@ def peek(run: RunDir, grid: Path | None, size: int | None = None) -> None:
     splits = family.load_data(config, ("train", "test"))
     ckpt, name = run.load_checkpoint(run.BEST)
     model = family.build(config, splits)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    restore(model, None, ckpt, run.path / name)  # the family's own loading: eval mode, broken weights refused
     test = fixed_test_data(splits["test"], config.data.seed)
     if size:  # strided: the binarized test set is sorted by digit
         test = test[:: max(1, len(test) // size)][:size]
