@@ -82,10 +82,10 @@ def gaussian_reference(config, splits: dict, logit: bool, seed: int) -> dict:
     from pyro_gen.models.flows import dequantize, run_chain
     from pyro_gen.models.flows.preprocess import output_transforms
     from pyro_gen.rng import seeded
-    from pyro_gen.run.data import fixed_test_data
+    from pyro_gen.run.data import fixed_test_data, image_levels
 
     m = config.model
-    levels = config.family.levels(config)
+    levels = image_levels(config)
     shape = tuple(splits["train"].event_shape)
     dims = math.prod(shape)
     x = splits["train"].x.double()

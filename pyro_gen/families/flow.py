@@ -38,7 +38,7 @@ from pyro_gen.families.base import (
 )
 from pyro_gen.io import atomic_path
 from pyro_gen.rng import seeded
-from pyro_gen.run.data import count_parameters, fixed_test_data
+from pyro_gen.run.data import count_parameters, fixed_test_data, image_levels
 
 ARCHITECTURES = ("realnvp", "glow", "spline")
 NORMS = ("actnorm", "batch", "none")
@@ -157,17 +157,10 @@ class FlowFamily(Family):
                 "remove model.norm or set model.architecture=realnvp"
             )
 
-    def levels(self, config) -> int | None:
-        """The intensity levels of quantized images (``None`` for vectors)."""
-        from pyro_gen.data import dataset_info
-
-        info = dataset_info(config.data.name, config.data.binarize)
-        return info.levels if info.image else None
-
     def check_data(self, config, splits) -> None:
         train, name = splits["train"], config.data.name
         shape = tuple(train.event_shape)
-        if len(shape) == 3 and self.levels(config) is None:
+        if len(shape) == 3 and image_levels(config) is None:
             raise ConfigError(
                 f"{name!r} holds images of continuous values, and a flow dequantizes quantized images (k / (L - 1)): "
                 "choose a quantized image dataset (digits, frey_faces, binarized_mnist, mnist)"
@@ -183,7 +176,7 @@ class FlowFamily(Family):
     def build(self, config, data_shape):
         from pyro_gen.models.flow_density import glow, realnvp, spline
 
-        m, levels = config.model, self.levels(config)
+        m, levels = config.model, image_levels(config)
         images = len(data_shape) == 3
         logit = m.logit if m.logit is not None else m.architecture == "realnvp"
         hidden = m.channels if images else m.hidden
@@ -330,7 +323,7 @@ class FlowFamily(Family):
         """An image grid, or for vectors a scatter PNG over the test data and the points as ``.npy`` (``(num, D)`` float32)."""
         from pyro_gen.analysis import scatter_samples
 
-        if self.levels(config) is not None:
+        if image_levels(config) is not None:
             return [self.write_image_samples(config, run, num or 64, out, seed)]
         model, _, splits, _ = self.load(config, run)
         with seeded(seed), torch.no_grad():

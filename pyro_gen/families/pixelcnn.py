@@ -31,7 +31,7 @@ from pyro_gen.families.base import (
     save_sample_grid,
 )
 from pyro_gen.rng import seeded
-from pyro_gen.run.data import count_parameters, fixed_test_data
+from pyro_gen.run.data import count_parameters, fixed_test_data, image_levels
 
 #: The largest network (weights) a config may ask for: a typo in a size must not try to allocate the machine.
 MAX_PARAMETERS = 10**9
@@ -124,19 +124,10 @@ class PixelCNNFamily(Family):
                 f"weights, above the {MAX_PARAMETERS:.0e} this family builds: lower model.channels or model.layers"
             )
 
-    def levels(self, config) -> int:
-        """The intensity levels of the configured data: 2 (binary, also after binarization) or the dataset's."""
-        from pyro_gen.data import dataset_info
-
-        return dataset_info(config.data.name, config.data.binarize).levels
-
     def check_data(self, config, splits) -> None:
-        from pyro_gen.data import dataset_info
-
         train, name = splits["train"], config.data.name
         shape = tuple(train.event_shape)
-        info = dataset_info(name, config.data.binarize)
-        if len(shape) != 3 or info.levels is None:
+        if len(shape) != 3 or image_levels(config) is None:
             raise ConfigError(
                 f"a PixelCNN models quantized images (1, H, W), but {name!r} holds points of shape {shape}"
                 ": choose an image dataset (binarized_mnist, digits, frey_faces, mnist) or model.kind=vae / gmm"
@@ -156,7 +147,7 @@ class PixelCNNFamily(Family):
 
         m, train = config.model, splits["train"]
         num_classes = int(train.y.max()) + 1 if m.conditional else None
-        return pixelcnn(tuple(train.event_shape), self.levels(config), m.channels, m.layers, m.first_kernel, m.kernel, m.head, num_classes)
+        return pixelcnn(tuple(train.event_shape), image_levels(config), m.channels, m.layers, m.first_kernel, m.kernel, m.head, num_classes)
 
     def load(self, config, run, device="cpu"):
         """``(model, None, splits, checkpoint name)`` with the best weights (``last.pt`` if there is no best)."""

@@ -26,7 +26,7 @@ from pyro_gen.config import HUGE, EvalConfig, setting, size, widths
 from pyro_gen.errors import ConfigError
 from pyro_gen.families.base import Family, Scores, check_batch_size, epochs_record, finite, fit_with_trainer, make_trainer, restore
 from pyro_gen.rng import seeded
-from pyro_gen.run.data import count_parameters, fixed_test_data
+from pyro_gen.run.data import count_parameters, fixed_test_data, image_levels
 
 #: Default number of test points whose local posteriors ``analyze`` draws.
 ANALYZE_POINTS = 100
@@ -199,10 +199,8 @@ class VAEFamily(Family):
                 "use model.net=mlp"
             )
         if config.model.likelihood == "pixelcnn":
-            from pyro_gen.data import dataset_info
-
             shape, name = tuple(train.event_shape), config.data.name
-            if len(shape) != 3 or shape[0] != 1 or dataset_info(name, config.data.binarize).levels is None:
+            if len(shape) != 3 or shape[0] != 1 or image_levels(config) is None:
                 raise ConfigError(
                     f"model.likelihood: pixelcnn models quantized single-channel images (1, H, W), but {name!r} holds points of "
                     f"shape {shape}: choose binarized_mnist, digits, frey_faces or mnist, or another model.likelihood"
@@ -219,10 +217,8 @@ class VAEFamily(Family):
         likelihood = m.likelihood or resolve_likelihood(config)[0]
         options = None
         if likelihood == "pixelcnn":
-            from pyro_gen.data import dataset_info
-
             options = {
-                "levels": dataset_info(config.data.name, config.data.binarize).levels,
+                "levels": image_levels(config),
                 "channels": m.pixelcnn_channels,
                 "layers": m.pixelcnn_layers,
                 "cond_channels": m.pixelcnn_cond_channels,

@@ -28,6 +28,15 @@ def load_splits(cfg, wanted=("train", "valid", "test")) -> dict:
     return splits
 
 
+def image_levels(config) -> int | None:
+    """The intensity levels of the configured data's quantized images (2 when binary or binarized): what a PixelCNN's
+    softmax, a flow's dequantization and a PixelCNN likelihood read; ``None`` for vectors and continuous-valued images."""
+    from pyro_gen.data import dataset_info
+
+    info = dataset_info(config.data.name, config.data.binarize)
+    return info.levels if info.image else None
+
+
 def fixed_test_data(test, seed: int, x: torch.Tensor | None = None) -> torch.Tensor:
     """The test tensor (or images ``x`` of the same dataset); dynamically binarized data are binarized once, with ``seed``."""
     g = torch.Generator().manual_seed(seed)
