@@ -192,13 +192,17 @@ def _say(text: str) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    code = None
     try:
-        return _main(args)
+        code = _main(args)
+        return code
     finally:
         if "torch" in sys.modules:  # leave torchrun's process group (if one was joined)
             from pyro_gen import distributed
 
-            distributed.shutdown()
+            # after a failure the other ranks may be inside any collective: agreeing on the end with them could only
+            # mismatch (and abort this process before its error is shown); they learn of it from the closed connection
+            distributed.shutdown(handshake=code == 0)
 
 
 def _main(args) -> int:

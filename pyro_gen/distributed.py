@@ -92,10 +92,11 @@ def setup(device="cpu", timeout_s: float = 1800.0) -> bool:
     return dist.get_world_size() > 1
 
 
-def shutdown() -> None:
-    """Leave the process group (if any), after every rank has finished communicating."""
+def shutdown(handshake: bool = True) -> None:
+    """Leave the process group (if any); ``handshake``: first agree with every rank that all have finished communicating
+    (a clean end: every rank calls it at the same point; not after a failure, when the others may be anywhere)."""
     if is_initialized():
-        if active() and dist.get_backend() == "gloo":
+        if handshake and active() and dist.get_backend() == "gloo":
             # a rank that tears its connections down while a peer still reads from them can abort that peer
             # (pytorch/gloo issue 155; seen as a rare SIGABRT at exit): agree first that everyone is done
             all_reduce_(torch.zeros(1))

@@ -651,3 +651,28 @@ def test_installed_script_exits_with_status_2_on_a_user_error(tmp_path):
     proc = subprocess.run([_script(), "sample", str(tmp_path / "nosuch")], capture_output=True, text=True, env=_script_env(), timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("pyro-gen sample: error: ") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("outcome, handshake", [("ok", True), ("error", False), ("crash", False)])
+def test_the_end_handshake_with_other_ranks_only_follows_a_clean_run(monkeypatch, outcome, handshake):
+    """After a failure the other ranks may be inside any collective; a closing all-reduce would mismatch theirs and abort
+    this process before its error is shown (seen as a gloo 'collective mismatch' SIGABRT under torchrun)."""
+    import torch  # noqa: F401  (main() leaves a process group only once torch is loaded)
+
+    from pyro_gen import cli, distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "shutdown", lambda handshake=True: calls.append(handshake))
+
+    def fake_main(args):
+        if outcome == "crash":
+            raise OSError("disk gone")
+        return 0 if outcome == "ok" else 2
+
+    monkeypatch.setattr(cli, "_main", fake_main)
+    if outcome == "crash":
+        with pytest.raises(OSError, match="disk gone"):
+            cli.main(["list"])
+    else:
+        assert cli.main(["list"]) == (0 if outcome == "ok" else 2)
+    assert calls == [handshake]
