@@ -324,8 +324,9 @@ class SharedMemoryGradients:
       optimizer steps its own parameters.
 
     Waiting is a spin on the other ranks' counters (a few microseconds), falling back to short sleeps after a few
-    milliseconds (a rank saving a checkpoint, a slow rank) and to an error naming the ranks that never arrived after
-    ``timeout_s``. That a rank sees another's writes once it sees its counter rests on x86's store order (TSO: stores
+    milliseconds (a rank saving a checkpoint, a slow rank), to an error within 0.1 s naming a rank whose process has
+    exited (each rank's process id sits beside its counter; no socket would tell), and to an error naming the ranks
+    that never arrived after ``timeout_s``. That a rank sees another's writes once it sees its counter rests on x86's store order (TSO: stores
     become visible in program order; a locked instruction before each publication also orders streaming stores);
     elsewhere the wait is a 4-byte gloo all-reduce instead, whose socket round trip orders the memory. Rows, tails
     and means come in two sets that alternate between steps, so a rank may write the next step's while another still
@@ -359,8 +360,11 @@ class SharedMemoryGradients:
             offset, nbytes = layout[name]
             return raw[offset : offset + nbytes].view(dtype).view(shape)
 
-        # each rank's counter on its own cache line: a rank polling the others' does not slow down its owner's writes
-        self.counters = region("counters", torch.int64, (self.world, 8))[:, 0].numpy()
+        # each rank's counter on its own cache line: a rank polling the others' does not slow down its owner's writes;
+        # beside it the rank's process id, so that a long wait can tell a slow rank from a dead one
+        slots = region("counters", torch.int64, (self.world, 8)).numpy()
+        self.counters, self.pids = slots[:, 0], slots[:, 1]
+        self.pids[self.rank] = os.getpid()  # read by the others after gradient_reducer's closing all-reduce
         self.tails = region("tails", torch.float64, (2, self.world, len(self.params) + 3))
         self.rows = region("rows", dtype, (2, self.world, self.numel))
         self.means = region("means", dtype, (2, self.numel))
@@ -468,7 +472,7 @@ class SharedMemoryGradients:
         if counters.min() >= target:
             return
         start = time.monotonic()
-        looks = 0
+        looks, checked = 0, 0.0
         while counters.min() < target:
             looks += 1
             if looks % 256 == 0:
@@ -481,6 +485,21 @@ class SharedMemoryGradients:
                     )
                 if waited > self.SPIN_S:
                     time.sleep(1e-4)  # a long wait (a rank saving a checkpoint): stop holding a core
+                if waited - checked > 0.1:  # no socket tells a spinning rank that a peer died: look for it
+                    checked = waited
+                    self._check_alive(target)
+
+    def _check_alive(self, target: int) -> None:
+        for r in range(self.world):
+            if self.counters[r] < target:
+                try:
+                    os.kill(int(self.pids[r]), 0)
+                except ProcessLookupError:
+                    raise RuntimeError(
+                        f"rank {r} (process {int(self.pids[r])}) exited during the shared-memory gradient exchange: see its log"
+                    ) from None
+                except PermissionError:  # alive, another user's
+                    pass
 
     def finish(self, loss, stop: bool, private: bool = False) -> tuple[float, float, bool]:
         """After ``backward``: see :meth:`GradientBuckets.finish`; then :meth:`step`. ``private``: every gradient, in

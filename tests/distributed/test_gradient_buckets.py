@@ -4,6 +4,7 @@ small buckets) and the shared-memory reducer that ranks on one machine use (``di
 
 import os
 import socket
+import time
 import types
 from pathlib import Path
 
@@ -63,6 +64,21 @@ def _rank_main(rank, world, port, tmp, kind):
             torch.save(result, Path(tmp) / "no_room.pt")
         reducer.remove()
         distributed.shutdown()
+        return
+    if kind == "dead_rank":
+        reducer = distributed.gradient_reducer(list(net.parameters()))
+        if rank == 1:  # dies without a word: no exception, no closing handshake
+            os._exit(0)
+        x = _data(0)
+        loss = _loss(net, x, 0)
+        reducer.arm(len(x))
+        loss.backward()
+        start = time.monotonic()
+        try:
+            reducer.finish(loss, stop=False)  # the timeout is 1800 s
+        except RuntimeError as e:
+            (Path(tmp) / "error.txt").write_text(f"{time.monotonic() - start:.3f}\n{e}")
+        distributed.shutdown(handshake=False)
         return
     if kind == "late_rank":
         reducer = distributed.gradient_reducer(list(net.parameters()))
@@ -208,3 +224,11 @@ def test_without_room_for_the_optimizer_state_the_exchange_stays_in_shared_memor
     torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), "no_room_for_state"), nprocs=2, join=True)
     assert torch.load(tmp_path / "no_room.pt") == {"kind": "SharedMemoryGradients", "shared": False}
     assert not list(Path("/dev/shm").glob("pyro_gen_grads_*"))
+
+
+@pytest.mark.skipif(not distributed_spins(), reason="the counters are read by spinning only on x86 (elsewhere: gloo's own errors)")
+def test_a_rank_that_dies_is_named_at_once(tmp_path):
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(tmp_path), "dead_rank"), nprocs=2, join=True)
+    seconds, message = (tmp_path / "error.txt").read_text().split("\n", 1)
+    assert message.startswith("rank 1 (process ") and "exited during the shared-memory gradient exchange" in message
+    assert float(seconds) < 30  # not the 1800 s timeout
