@@ -19,7 +19,7 @@ import torch
 from pyro_gen.config import HUGE, EvalConfig, setting, size, widths
 from pyro_gen.errors import ConfigError
 from pyro_gen.evaluation.gan_scores import draw_samples
-from pyro_gen.families.base import Family, Scores, check_finite_weights, finite, fit_with_trainer, make_trainer
+from pyro_gen.families.base import Family, Scores, check_finite_weights, epochs_record, finite, fit_with_trainer, make_trainer
 from pyro_gen.io import atomic_path
 from pyro_gen.rng import seeded
 from pyro_gen.run.data import count_parameters, fixed_test_data
@@ -335,8 +335,8 @@ class GANFamily(Family):
         history = fit_with_trainer(trainer, batches, None, run, resume)
         last = history[-1] if history else {}
         return {
-            "epochs": len(history),
-            "seconds_per_epoch": sum(r["seconds"] for r in history) / max(len(history), 1),
+            # epochs, timing, threads and ranks as every trained family records them (final_train_loss: the critic's)
+            **epochs_record(history, config.train.epochs),
             # the trainer counts batches over the whole run; the generator steps on every n_critic-th
             "generator_steps": len(history) * len(batches) // config.objective.n_critic,
             "final_critic_loss": last.get("train_critic_loss", math.nan),
