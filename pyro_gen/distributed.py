@@ -98,9 +98,31 @@ def shutdown(handshake: bool = True) -> None:
     if is_initialized():
         if handshake and active() and dist.get_backend() == "gloo":
             # a rank that tears its connections down while a peer still reads from them can abort that peer
-            # (pytorch/gloo issue 155; seen as a rare SIGABRT at exit): agree first that everyone is done
+            # (pytorch/gloo issue 155; seen as a rare SIGABRT at exit). A last all-reduce alone does not settle it:
+            # it can return on one rank while the other still waits for its final bytes. So the ranks also meet in
+            # the process group's store, where each arrives only after its all-reduce has returned
             all_reduce_(torch.zeros(1))
+            _store_barrier("pyro_gen/shutdown")
         dist.destroy_process_group()
+
+
+def _store_barrier(name: str, timeout_s: float = 60.0) -> None:
+    """Wait until every rank has reached this point, through the process group's key-value store (no collective).
+
+    Two counters: every rank adds to ``arrived`` and waits for all; then to ``left``, and rank 0, whose process serves
+    the store under torchrun, waits for all of those too, so that no rank is still asking when the server goes.
+    """
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except Exception:  # a torch without the helper: the all-reduce before this is all there is
+        return
+    world, deadline = world_size(), time.monotonic() + timeout_s
+    for key, everyone in ((f"{name}/arrived", True), (f"{name}/left", rank() == 0)):
+        store.add(key, 1)
+        while everyone and int(store.add(key, 0)) < world:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every rank reached the end of the run within {timeout_s:g} s (store key {key})")
+            time.sleep(0.001)
 
 
 def barrier() -> None:
