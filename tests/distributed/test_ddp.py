@@ -243,17 +243,22 @@ eval: {nll_samples: 20, images: false}
 """
 
 
-def test_torchrun_trains_and_scores_a_run_with_two_ranks(tmp_path):
-    """The README's command: ``torchrun --nproc_per_node 2 -m pyro_gen train CONFIG --run-dir D``."""
-    config = tmp_path / "tiny.yaml"
-    config.write_text(CONFIG)
-    run_dir = tmp_path / "run"
+def torchrun_train(config, run_dir) -> dict:
+    """``torchrun --standalone --nproc_per_node 2 -m pyro_gen train CONFIG --run-dir D``; its ``training.json``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyro_gen", "train", str(config)]
     done = subprocess.run([*cmd, "--run-dir", str(run_dir)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run directory:") == 1  # rank 0 alone reports
-    training = json.loads((run_dir / "training.json").read_text())
+    return json.loads((run_dir / "training.json").read_text())
+
+
+def test_torchrun_trains_and_scores_a_run_with_two_ranks(tmp_path):
+    """The README's command: ``torchrun --nproc_per_node 2 -m pyro_gen train CONFIG --run-dir D``."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(CONFIG)
+    run_dir = tmp_path / "run"
+    training = torchrun_train(config, run_dir)
     assert (training["epochs"], training["ranks"], training["threads"]) == (2, 2, 1)
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(cpus) >= 2:  # rank 0 was bound to the first share of the CPUs (train.bind_cpus: true)
@@ -287,12 +292,7 @@ def test_torchrun_trains_the_other_gradient_families_with_two_ranks(tmp_path, ki
     config = tmp_path / f"{kind}.yaml"
     config.write_text(OTHER_FAMILIES[kind])
     run_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyro_gen", "train", str(config)]
-    done = subprocess.run([*cmd, "--run-dir", str(run_dir)], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("run directory:") == 1  # rank 0 alone reports
-    training = json.loads((run_dir / "training.json").read_text())
+    training = torchrun_train(config, run_dir)
     assert (training["ranks"], training["threads"]) == (2, 1) and math.isfinite(training["final_train_loss"])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["ranks"] for r in records] == [2] * len(records) and len(records) == training["epochs"]
