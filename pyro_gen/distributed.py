@@ -570,14 +570,9 @@ class SharedMemoryGradients:
             torch.sum(rows[:, self.lo : self.hi], 0, out=means[self.lo : self.hi]).div_(total)
             self._arrive()  # every slice of the mean is written
         for i, (p, o, k, seen) in enumerate(zip(self.params, self.offsets, self.sizes, present)):
-            if seen > 0 and (private or self.owned[i]):
-                p.grad = means[o : o + k].view_as(p)
-                if self.optimizer is not None and not self.installed[i]:
-                    self._install(i)  # the first step that moves it: every rank adds its state, as Adam would
-            else:
-                p.grad = None
-                if seen > 0 and self.optimizer is not None and not self.installed[i]:
-                    self._install(i)
+            p.grad = means[o : o + k].view_as(p) if seen > 0 and (private or self.owned[i]) else None
+            if seen > 0 and self.optimizer is not None and not self.installed[i]:
+                self._install(i)  # the first step that moves it: every rank adds its state, as Adam would, owner or not
         return loss_total / total, total, stops > 0
 
 

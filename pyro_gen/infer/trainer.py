@@ -743,7 +743,7 @@ class Trainer:
         self._rank, self._world = 0, 1
         self._batch_count, self._stop, self._stop_all = 0, None, False
         # the data-parallel gradient reducer (built by fit() before the first epoch; buckets put hooks on the parameters)
-        self._buckets = None
+        self._reducer = None
         #: whether fit() moved its tensor data to the CUDA device once (see the class docstring)
         self.data_on_device = False
 
@@ -980,18 +980,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # shared memory between the ranks of one machine; across machines the buckets' all-reduces start inside
         # backward, as their gradients become ready (overlapping the two)
-        self._buckets.arm(n)
+        self._reducer.arm(n)
         if loss is not None:
             loss.backward()
         # clipping rescales the gradients in place: they must be this rank's own, not the ranks' shared ones
-        value, total, stops = self._buckets.finish(loss, self._stop.signum is not None, private=bool(self.clip_norm))
+        value, total, stops = self._reducer.finish(loss, self._stop.signum is not None, private=bool(self.clip_norm))
         total = int(total)
         self._stop_all = self._stop_all or stops
         if not math.isfinite(value):
             raise TrainingDivergedError(f"the loss became {value} at epoch {epoch + 1}, step {step + 1}; {self._kept()}")
         if self.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.parameters(), self.clip_norm)
-        self._buckets.step(self.optimizer)  # ranks on one machine: each steps its share of the shared weights
+        self._reducer.step(self.optimizer)  # ranks on one machine: each steps its share of the shared weights
         return value, total
 
     def _all_reduce_gradients(self, params: list, loss, n: int) -> tuple[float, int]:
@@ -1091,13 +1091,13 @@ class Trainer:
             stop = stack.enter_context(_StopRequests(enabled=self.run_dir is not None))
             self._stop, self._stop_all = stop, False
             stack.callback(torch.set_num_threads, torch.get_num_threads())
-            stack.callback(self._remove_buckets)  # leave no hooks on the user's parameters
+            stack.callback(self._remove_reducer)  # no hooks left on the user's parameters, and private copies of shared ones
             return self._fit(train, valid, resume, stack, stop)
 
-    def _remove_buckets(self) -> None:
-        if self._buckets is not None:
-            self._buckets.remove()
-            self._buckets = None
+    def _remove_reducer(self) -> None:
+        if self._reducer is not None:
+            self._reducer.remove()
+            self._reducer = None
 
     def _join_process_group(self) -> None:
         """Under torchrun, join the process group (gloo for a CPU device, NCCL for CUDA) and take this rank's GPU."""
@@ -1225,7 +1225,7 @@ class Trainer:
         self._setup_optimizers()
         if self._world > 1 and self.players is None:
             # set up before the first epoch (the shared-memory file, the buckets' hooks), not inside its timing
-            self._buckets = distributed.gradient_reducer(self.parameters(), self.optimizer)
+            self._reducer = distributed.gradient_reducer(self.parameters(), self.optimizer)
         try:
             batches_per_epoch = len(train_batches)
         except TypeError:
@@ -1262,8 +1262,8 @@ class Trainer:
             # every rank built the same weights from the same seed; make sure of it (and of restored ones) from rank 0
             for module in self._modules():
                 distributed.broadcast_module_(module)
-            if self._buckets is not None:  # every rank holds the same weights and optimizer state now
-                self._buckets.share(self.optimizer)
+            if self._reducer is not None:  # every rank holds the same weights and optimizer state now
+                self._reducer.share(self.optimizer)
             if position is not None and not main:
                 # the epoch's running sums in the checkpoint are global: rank 0 carries them, the others add to zero
                 position = {**position, "sums": {k: 0.0 for k in position["sums"]}}
